@@ -1,0 +1,1 @@
+"""The backup engine. Nothing here imports dagster: the CLI uses it directly."""

@@ -1,0 +1,224 @@
+"""The streaming codec: zstd compression, optional age encryption, sha256 while streaming.
+
+Stored form is ``age(zstd(raw))`` (or ``zstd(raw)`` without encryption), readable with the
+stock tools: ``age -d -i KEY obj | zstd -d``. Data moves in 1 MiB chunks; nothing is ever
+held whole in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pyrage
+import zstandard
+
+from pg_backup_assets.core.errors import ConfigError, IntegrityError
+from pg_backup_assets.core.storage import CHUNK
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How objects are encoded: zstd level/threads and the age recipients (if any)."""
+
+    recipients: tuple[str, ...] = ()
+    level: int = 3
+    threads: int = 0
+
+    @property
+    def suffix(self) -> str:
+        return ".zst.age" if self.recipients else ".zst"
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.recipients)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    raw_bytes: int
+    stored_bytes: int
+    sha256: str  # of the stored bytes: verifiable without the key
+    raw_sha256: str
+
+
+class _HashingReader:
+    def __init__(self, raw: BinaryIO, progress: Progress | None = None):
+        self._raw = raw
+        self._progress = progress
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(CHUNK if n is None or n < 0 else n)
+        self.hash.update(data)
+        self.count += len(data)
+        if self._progress and data:
+            self._progress(self.count)
+        return data
+
+    def readinto(self, buf) -> int:  # noqa: ANN001 - buffer protocol
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class _HashingWriter:
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+        data = bytes(data)
+        self._raw.write(data)
+        self.hash.update(data)
+        self.count += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+
+def _copy(src, dst) -> None:  # noqa: ANN001 - file-likes
+    while chunk := src.read(CHUNK):
+        dst.write(chunk)
+
+
+def encode(src: BinaryIO, dst: BinaryIO, codec: Codec, progress: Progress | None = None) -> Encoded:
+    """Compress (and encrypt) ``src`` into ``dst``; return sizes and checksums."""
+    raw = _HashingReader(src, progress)
+    out = _HashingWriter(dst)
+    cctx = zstandard.ZstdCompressor(level=codec.level, threads=codec.threads, write_checksum=True)
+    with cctx.stream_reader(raw, read_size=CHUNK, closefd=False) as compressed:
+        if codec.recipients:
+            pyrage.encrypt_io(compressed, out, _recipients(codec.recipients))
+        else:
+            _copy(compressed, out)
+    out.flush()
+    return Encoded(raw.count, out.count, out.hash.hexdigest(), raw.hash.hexdigest())
+
+
+def decode(
+    src: BinaryIO,
+    dst: BinaryIO,
+    *,
+    name: str,
+    encrypted: bool,
+    identities: Sequence[object] = (),
+    expected_sha256: str | None = None,
+) -> int:
+    """Decrypt and decompress ``src`` into ``dst``; return the raw byte count.
+
+    ``name`` is used in error messages. When ``expected_sha256`` is given, the stored bytes
+    are checked against it; a mismatch raises IntegrityError (after ``dst`` has received
+    data, so callers that must not see bad data verify first with ``sha256_of``).
+    """
+    stored = _HashingReader(src)
+    out = _HashingWriter(dst)
+    dctx = zstandard.ZstdDecompressor()
+    try:
+        if encrypted:
+            if not identities:
+                raise ConfigError(
+                    f"{name} is encrypted: set encryption.identity_file in the config "
+                    "to the age identity (private key) that matches its recipients"
+                )
+            with dctx.stream_writer(out, write_size=CHUNK, closefd=False) as plain:
+                try:
+                    pyrage.decrypt_io(stored, plain, list(identities))
+                except OSError as exc:  # pyrage reports a failed MAC as an OSError
+                    raise IntegrityError(
+                        f"cannot decrypt {name}: {exc} (the object is damaged or truncated)"
+                    ) from None
+        else:
+            with dctx.stream_reader(stored, read_size=CHUNK, closefd=False) as plain:
+                _copy(plain, out)
+        _copy(stored, _Discard())  # count trailing bytes into the checksum
+    except pyrage.DecryptError as exc:
+        if "no matching keys" in str(exc).lower():
+            raise IntegrityError(
+                f"cannot decrypt {name}: the configured identity does not match any of its "
+                "recipients (wrong key?)"
+            ) from None
+        raise IntegrityError(f"cannot decrypt {name}: {exc} (the object is damaged)") from None
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"cannot decompress {name}: {exc} (the object is damaged)") from None
+    if expected_sha256 and stored.hash.hexdigest() != expected_sha256:
+        raise IntegrityError(
+            f"{name} is damaged: sha256 {stored.hash.hexdigest()} does not match the catalog's "
+            f"{expected_sha256}"
+        )
+    out.flush()
+    return out.count
+
+
+def sha256_of(src: BinaryIO) -> tuple[str, int]:
+    """sha256 and size of a stream, read in chunks."""
+    h = hashlib.sha256()
+    n = 0
+    while chunk := src.read(CHUNK):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+class _Discard:
+    def write(self, data) -> int:  # noqa: ANN001
+        return len(data)
+
+
+def _recipients(values: Sequence[str]) -> list[object]:
+    out = []
+    for value in values:
+        try:
+            if value.startswith("ssh-"):
+                out.append(pyrage.ssh.Recipient.from_str(value))
+            else:
+                out.append(pyrage.x25519.Recipient.from_str(value))
+        except pyrage.RecipientError:
+            raise ConfigError(
+                f"encryption.recipients: {value[:12]}... is not a valid age recipient"
+            ) from None
+    return out
+
+
+def load_identities(path: Path) -> list[object]:
+    """Read an age identity file (as written by ``age-keygen``)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read encryption.identity_file {path}: {exc.strerror}") from None
+    identities = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            identities.append(pyrage.x25519.Identity.from_str(line))
+        except pyrage.IdentityError:
+            raise ConfigError(
+                f"encryption.identity_file {path} line {n} is not an age identity "
+                "(expected AGE-SECRET-KEY-1...)"
+            ) from None
+    if not identities:
+        raise ConfigError(f"encryption.identity_file {path} holds no age identity")
+    return identities
+
+
+def generate_identity() -> tuple[str, str]:
+    """A new age key pair as (identity file text, recipient)."""
+    ident = pyrage.x25519.Identity.generate()
+    recipient = str(ident.to_public())
+    return f"# public key: {recipient}\n{ident}\n", recipient

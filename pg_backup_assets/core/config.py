@@ -1,0 +1,312 @@
+"""Load and validate the YAML configuration (see DESIGN §3).
+
+Every problem is reported as one line that names the key at fault. Strings may use
+``${VAR}`` to take secrets from the environment; secrets are never echoed back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pg_backup_assets.core.errors import ConfigError
+
+CONFIG_ENV = "PGBACKUP_CONFIG"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class S3Offsite:
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    object_lock_days: int = 0
+
+
+@dataclass(frozen=True)
+class Offsite:
+    s3: S3Offsite | None = None
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Encryption:
+    recipients: tuple[str, ...]
+    identity_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    dsn: str
+    databases: tuple[str, ...] | None = None  # None: every non-template database
+    rpo_seconds: int = 300
+    rto_seconds: int = 1800
+
+
+@dataclass(frozen=True)
+class Retention:
+    daily: int = 14
+    weekly: int = 8
+    monthly: int = 12
+    yearly: int = 7
+
+
+@dataclass(frozen=True)
+class Alerts:
+    webhook_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    repository: Path
+    clusters: dict[str, ClusterConfig]
+    offsite: Offsite | None = None
+    encryption: Encryption | None = None
+    retention: Retention = field(default_factory=Retention)
+    alerts: Alerts = field(default_factory=Alerts)
+    source: Path | None = None
+
+    def cluster(self, name: str | None) -> ClusterConfig:
+        """The named cluster, or the only one when ``name`` is None."""
+        if name is None:
+            if len(self.clusters) == 1:
+                return next(iter(self.clusters.values()))
+            raise ConfigError(
+                f"--cluster is required: the config lists {len(self.clusters)} clusters "
+                f"({', '.join(sorted(self.clusters))})"
+            )
+        try:
+            return self.clusters[name]
+        except KeyError:
+            raise ConfigError(
+                f"cluster {name!r} is not in the config (known: {', '.join(sorted(self.clusters))})"
+            ) from None
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config file from ``--config`` or ``$PGBACKUP_CONFIG``."""
+    value = explicit or os.environ.get(CONFIG_ENV)
+    if not value:
+        raise ConfigError(f"no config file: pass --config FILE or set {CONFIG_ENV}")
+    return Path(value)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read, expand and validate the config file."""
+    source = config_path(path)
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {source} is not valid YAML{where}") from None
+    return parse_config(raw, source=source.resolve())
+
+
+def parse_config(raw: Any, source: Path | None = None) -> Config:
+    """Validate an already-parsed YAML document."""
+    top = _mapping(raw, "(top level)")
+    _only(
+        top,
+        "",
+        required={"repository", "clusters"},
+        optional={"offsite", "encryption", "retention", "alerts"},
+    )
+    base = source.parent if source else Path.cwd()
+    repository = _path(top["repository"], "repository", base)
+
+    clusters_raw = _mapping(top["clusters"], "clusters")
+    if not clusters_raw:
+        raise ConfigError("config key 'clusters': list at least one cluster")
+    clusters = {name: _cluster(name, value) for name, value in clusters_raw.items()}
+
+    offsite = _offsite(top["offsite"], base) if top.get("offsite") is not None else None
+    encryption = _encryption(top["encryption"], base) if top.get("encryption") is not None else None
+    retention = _retention(top.get("retention") or {})
+    alerts_raw = _mapping(top.get("alerts") or {}, "alerts")
+    _only(alerts_raw, "alerts", optional={"webhook_url"})
+    alerts = Alerts(webhook_url=_opt_str(alerts_raw.get("webhook_url"), "alerts.webhook_url"))
+    return Config(
+        repository=repository,
+        clusters=clusters,
+        offsite=offsite,
+        encryption=encryption,
+        retention=retention,
+        alerts=alerts,
+        source=source,
+    )
+
+
+def _cluster(name: Any, value: Any) -> ClusterConfig:
+    key = f"clusters.{name}"
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"config key {key!r}: a cluster name must start with a letter and use only "
+            "letters, digits, '_' and '-' (it becomes the Dagster asset key prefix)"
+        )
+    body = _mapping(value, key)
+    _only(
+        body,
+        key,
+        required={"dsn"},
+        optional={"databases", "rpo_seconds", "rto_seconds"},
+    )
+    dsn = _str(body["dsn"], f"{key}.dsn", secret=True)
+    databases = None
+    if body.get("databases") is not None:
+        dbs = body["databases"]
+        if not isinstance(dbs, list) or not dbs or not all(isinstance(d, str) and d for d in dbs):
+            raise ConfigError(
+                f"config key '{key}.databases': expected a non-empty list of database names"
+            )
+        databases = tuple(dbs)
+    return ClusterConfig(
+        name=name,
+        dsn=dsn,
+        databases=databases,
+        rpo_seconds=_positive_int(body.get("rpo_seconds", 300), f"{key}.rpo_seconds"),
+        rto_seconds=_positive_int(body.get("rto_seconds", 1800), f"{key}.rto_seconds"),
+    )
+
+
+def _offsite(value: Any, base: Path) -> Offsite:
+    body = _mapping(value, "offsite")
+    _only(body, "offsite", optional={"s3", "path"})
+    if ("s3" in body) == ("path" in body):
+        raise ConfigError("config key 'offsite': give exactly one of 's3' or 'path'")
+    if "path" in body:
+        return Offsite(path=_path(body["path"], "offsite.path", base))
+    s3 = _mapping(body["s3"], "offsite.s3")
+    _only(
+        s3,
+        "offsite.s3",
+        required={"bucket"},
+        optional={"prefix", "endpoint_url", "region", "object_lock_days"},
+    )
+    lock = s3.get("object_lock_days", 0)
+    if lock != 0:
+        lock = _positive_int(lock, "offsite.s3.object_lock_days")
+    return Offsite(
+        s3=S3Offsite(
+            bucket=_str(s3["bucket"], "offsite.s3.bucket"),
+            prefix=_opt_str(s3.get("prefix"), "offsite.s3.prefix") or "",
+            endpoint_url=_opt_str(s3.get("endpoint_url"), "offsite.s3.endpoint_url"),
+            region=_opt_str(s3.get("region"), "offsite.s3.region"),
+            object_lock_days=lock,
+        )
+    )
+
+
+def _encryption(value: Any, base: Path) -> Encryption:
+    body = _mapping(value, "encryption")
+    _only(body, "encryption", required={"recipients"}, optional={"identity_file"})
+    recipients = body["recipients"]
+    if not isinstance(recipients, list) or not recipients:
+        raise ConfigError(
+            "config key 'encryption.recipients': expected a non-empty list of age recipients"
+        )
+    checked = []
+    for i, r in enumerate(recipients):
+        r = _str(r, f"encryption.recipients[{i}]")
+        if not (r.startswith("age1") or r.startswith("ssh-")):
+            raise ConfigError(
+                f"config key 'encryption.recipients[{i}]': not an age recipient "
+                "(expected 'age1...' or an ssh public key)"
+            )
+        checked.append(r)
+    identity = body.get("identity_file")
+    return Encryption(
+        recipients=tuple(checked),
+        identity_file=_path(identity, "encryption.identity_file", base) if identity else None,
+    )
+
+
+def _retention(value: Any) -> Retention:
+    body = _mapping(value, "retention")
+    _only(body, "retention", optional={"daily", "weekly", "monthly", "yearly"})
+    out = {}
+    for tier in ("daily", "weekly", "monthly", "yearly"):
+        if tier in body:
+            v = body[tier]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(
+                    f"config key 'retention.{tier}': expected a whole number >= 0, got {v!r}"
+                )
+            out[tier] = v
+    return Retention(**out)
+
+
+def _expand(value: str, key: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        var = m.group(1)
+        if var not in os.environ:
+            raise ConfigError(f"config key {key!r}: environment variable {var} is not set")
+        return os.environ[var]
+
+    return _VAR.sub(sub, value)
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {key!r}: expected a mapping, got {_kind(value)}")
+    return value
+
+
+def _only(
+    body: dict[str, Any],
+    key: str,
+    required: set[str] = frozenset(),
+    optional: set[str] = frozenset(),
+) -> None:
+    prefix = f"{key}." if key else ""
+    for k in body:
+        if k not in required and k not in optional:
+            allowed = ", ".join(sorted(required | optional))
+            raise ConfigError(f"unknown config key '{prefix}{k}' (allowed here: {allowed})")
+    for k in sorted(required):
+        if body.get(k) is None:
+            raise ConfigError(f"missing required config key '{prefix}{k}'")
+
+
+def _str(value: Any, key: str, secret: bool = False) -> str:
+    if not isinstance(value, str) or not value.strip():
+        shown = "a secret" if secret else _kind(value)
+        raise ConfigError(f"config key {key!r}: expected a non-empty string, got {shown}")
+    return _expand(value, key)
+
+
+def _opt_str(value: Any, key: str) -> str | None:
+    return None if value is None else _str(value, key)
+
+
+def _path(value: Any, key: str, base: Path) -> Path:
+    p = Path(_str(value, key)).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"config key {key!r}: expected a whole number > 0, got {value!r}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"

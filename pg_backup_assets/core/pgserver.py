@@ -1,0 +1,226 @@
+"""Throwaway local PostgreSQL servers: the demo cluster, test fixtures, restore rehearsals.
+
+PostgreSQL refuses to run as root, so when this process is root every server command
+runs as the ``postgres`` OS user, and the folders it needs are handed to that user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from pg_backup_assets.core.errors import CommandError, PgBackupError
+from pg_backup_assets.core.pg import bindir
+
+SERVER_USER = "postgres"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_account() -> pwd.struct_passwd | None:
+    """The OS account servers run as: ``postgres`` when we are root, else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise PgBackupError(
+            "running as root, but there is no 'postgres' OS user to run PostgreSQL as "
+            "(PostgreSQL refuses root): install Debian's postgresql package or run as a "
+            "normal user"
+        ) from None
+
+
+def hand_over(path: Path) -> None:
+    """Make ``path`` (a folder we created) owned by the server account, when there is one."""
+    account = _server_account()
+    if account is not None:
+        os.chown(path, account.pw_uid, account.pw_gid)
+
+
+def as_server_user(
+    args: list[str], env: Mapping[str, str] | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run a server-side command (initdb, pg_ctl, ...) as the server account."""
+    account = _server_account()
+    kwargs: dict[str, object] = {}
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        **(env or {}),
+    }
+    if account is not None:
+        kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        full_env["HOME"] = account.pw_dir
+    proc = subprocess.run(
+        args,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
+    if check and proc.returncode != 0:
+        raise CommandError(
+            f"{Path(args[0]).name} failed (exit {proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
+        )
+    return proc
+
+
+class LocalCluster:
+    """A PostgreSQL cluster in ``base`` (data/, sock/, server.log) listening on loopback."""
+
+    def __init__(self, base: str | os.PathLike[str], major: int = 15, port: int | None = None):
+        self.base = Path(base)
+        self.data = self.base / "data"
+        self.sockdir = self.base / "sock"
+        self.logfile = self.base / "server.log"
+        self.bindir = bindir(major)
+        self.port = port or free_port()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def init(self, settings: Mapping[str, str] | None = None, fast: bool = False) -> LocalCluster:
+        """initdb with data checksums; ``settings`` go into postgresql.conf."""
+        if (self.data / "PG_VERSION").exists():
+            raise PgBackupError(f"{self.data} already holds a cluster; remove it first")
+        for d in (self.base, self.sockdir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o755)
+        hand_over(self.base)
+        hand_over(self.sockdir)
+        args = [
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--data-checksums",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        ]
+        if fast:
+            args.append("--no-sync")
+        as_server_user(args)
+        self.configure(settings or {})
+        return self
+
+    def configure(self, settings: Mapping[str, str]) -> None:
+        """Append settings to postgresql.conf (later lines win); takes effect at (re)start."""
+        base = {
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.sockdir}'",
+            "port": str(self.port),
+        }
+        lines = [f"{k} = {v}" for k, v in {**base, **settings}.items()]
+        conf = self.data / "postgresql.conf"
+        with open(conf, "a") as f:
+            f.write("\n# pg-backup-assets\n" + "\n".join(lines) + "\n")
+
+    def start(self, timeout: int = 60) -> LocalCluster:
+        try:
+            as_server_user(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.logfile),
+                    "-w",
+                    "-t",
+                    str(timeout),
+                    "-o",
+                    f"-p {self.port}",
+                    "start",
+                ],
+                timeout=timeout + 10,
+            )
+        except CommandError as exc:
+            raise CommandError(f"{exc}\nserver log ({self.logfile}):\n{self.log_tail()}") from None
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if not self.running():
+            return
+        proc = as_server_user(
+            [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"],
+            check=False,
+        )
+        if proc.returncode != 0 and self.running():
+            as_server_user(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+                check=False,
+            )
+
+    def running(self) -> bool:
+        pid_file = self.data / "postmaster.pid"
+        if not pid_file.exists():
+            return False
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError, FileNotFoundError):
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- access ----------------------------------------------------------------------------
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no server log)"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = subprocess.run(
+                [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                capture_output=True,
+                check=False,
+            )
+            if proc.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise PgBackupError(f"server on port {self.port} not ready after {timeout}s")
+
+
+@contextlib.contextmanager
+def throwaway_cluster(
+    base: str | os.PathLike[str], settings: Mapping[str, str] | None = None, fast: bool = True
+) -> Iterator[LocalCluster]:
+    """A started cluster that is stopped (and its folder removed) however the block exits."""
+    cluster = LocalCluster(base)
+    try:
+        cluster.init(settings, fast=fast).start()
+        yield cluster
+    finally:
+        cluster.destroy()

@@ -1,0 +1,205 @@
+"""The repository: encoded objects plus a JSON catalog entry per backup set.
+
+A backup set (one day's dumps, one base backup, ...) lives under its own folder and
+becomes visible only when its ``catalog.json`` is written, after every object in it is
+durable. An unfinished set is therefore never mistaken for a backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pg_backup_assets.core.codec import Codec, Progress, decode, encode, load_identities, sha256_of
+from pg_backup_assets.core.config import Config
+from pg_backup_assets.core.errors import ConfigError, IntegrityError
+from pg_backup_assets.core.storage import LocalStorage, Storage
+
+CATALOG = "catalog.json"
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    """One stored object as the catalog records it."""
+
+    key: str
+    raw_bytes: int
+    stored_bytes: int
+    sha256: str
+    raw_sha256: str
+    encrypted: bool
+    created_at: float
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ObjectRecord:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+class Repository:
+    def __init__(
+        self,
+        storage: Storage,
+        codec: Codec | None = None,
+        identity_file: Path | None = None,
+    ):
+        self.storage = storage
+        self.codec = codec or Codec()
+        self.identity_file = identity_file
+        self._identities: list[object] | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> Repository:
+        enc = config.encryption
+        return cls(
+            LocalStorage(config.repository),
+            Codec(recipients=enc.recipients if enc else ()),
+            enc.identity_file if enc else None,
+        )
+
+    def describe(self) -> str:
+        return self.storage.describe()
+
+    # -- objects ---------------------------------------------------------------------------
+    def put_stream(self, key: str, src: BinaryIO, progress: Progress | None = None) -> ObjectRecord:
+        """Encode ``src`` into a new object ``key`` (the codec suffix is appended)."""
+        key = key + self.codec.suffix
+        with self.storage.writer(key) as f:
+            enc = encode(src, f, self.codec, progress)
+        return ObjectRecord(
+            key=key,
+            raw_bytes=enc.raw_bytes,
+            stored_bytes=enc.stored_bytes,
+            sha256=enc.sha256,
+            raw_sha256=enc.raw_sha256,
+            encrypted=self.codec.encrypted,
+            created_at=time.time(),
+        )
+
+    def verify(self, record: ObjectRecord) -> None:
+        """Re-read a stored object and compare size and sha256 with the catalog."""
+        with self.storage.open(record.key) as f:
+            digest, size = sha256_of(f)
+        if size != record.stored_bytes or digest != record.sha256:
+            raise IntegrityError(
+                f"{record.key} in {self.describe()} is damaged: sha256 {digest} ({size} bytes) "
+                f"does not match the catalog's {record.sha256} ({record.stored_bytes} bytes)"
+            )
+
+    def read_into(self, record: ObjectRecord, dst: BinaryIO) -> int:
+        """Decode an object into ``dst``, checking its sha256 on the way."""
+        with self.storage.open(record.key) as f:
+            return decode(
+                f,
+                dst,
+                name=record.key,
+                encrypted=record.encrypted,
+                identities=self.identities() if record.encrypted else (),
+                expected_sha256=record.sha256,
+            )
+
+    def read_into_process(self, record: ObjectRecord, proc: subprocess.Popen[bytes]) -> bool:
+        """Stream an object into a process's stdin; return False if it stopped reading early.
+
+        The object is decoded to the end either way, so its checksum is always checked.
+        """
+        sink = _ProcessSink(proc)
+        try:
+            self.read_into(record, sink)
+        finally:
+            sink.close()
+        return not sink.broken
+
+    def identities(self) -> list[object]:
+        if self._identities is None:
+            if self.identity_file is None:
+                raise ConfigError(
+                    "the repository is encrypted: set encryption.identity_file in the config to "
+                    "the age identity (private key) to restore or verify backups"
+                )
+            self._identities = load_identities(self.identity_file)
+        return self._identities
+
+    # -- catalog ---------------------------------------------------------------------------
+    def put_json(self, key: str, doc: dict[str, Any]) -> None:
+        data = json.dumps(doc, indent=2, sort_keys=True).encode()
+        with self.storage.writer(key) as f:
+            f.write(data)
+
+    def get_json(self, key: str) -> dict[str, Any]:
+        with self.storage.open(key) as f:
+            return json.load(f)
+
+    def catalogs(self, prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every catalog entry under ``prefix`` as (key, document), oldest key first."""
+        for info in self.storage.list(prefix):
+            if info.key.endswith("/" + CATALOG):
+                yield info.key, self.get_json(info.key)
+
+    @contextlib.contextmanager
+    def new_set(self, prefix: str) -> Iterator[_SetWriter]:
+        """Write the objects of one backup set; on failure they are removed again."""
+        writer = _SetWriter(self, prefix)
+        try:
+            yield writer
+        except BaseException:
+            writer.discard()
+            raise
+
+
+class _SetWriter:
+    def __init__(self, repo: Repository, prefix: str):
+        self.repo = repo
+        self.prefix = prefix.rstrip("/")
+        self.records: list[ObjectRecord] = []
+
+    def put_stream(
+        self, name: str, src: BinaryIO, progress: Progress | None = None
+    ) -> ObjectRecord:
+        record = self.repo.put_stream(f"{self.prefix}/{name}", src, progress)
+        self.records.append(record)
+        return record
+
+    def commit(self, doc: dict[str, Any]) -> str:
+        """Write the catalog entry last: only now does the set exist."""
+        key = f"{self.prefix}/{CATALOG}"
+        self.repo.put_json(key, doc)
+        return key
+
+    def discard(self) -> None:
+        for record in self.records:
+            self.repo.storage.delete(record.key)
+
+
+class _ProcessSink:
+    def __init__(self, proc: subprocess.Popen[bytes]):
+        self.proc = proc
+        self.broken = False
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+        if not self.broken:
+            try:
+                self.proc.stdin.write(data)
+            except BrokenPipeError:
+                self.broken = True
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                self.broken = True
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.proc.stdin.close()
+
+
+def record_dict(record: ObjectRecord) -> dict[str, Any]:
+    return asdict(record)

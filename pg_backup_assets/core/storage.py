@@ -1,0 +1,155 @@
+"""Storage backends for the repository.
+
+The interface is deliberately small (put/open/list/stat/delete) so that the S3 backend
+can implement it too. Writes are atomic: an object is either absent or complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from pg_backup_assets.core.errors import NotFoundError, PgBackupError
+
+CHUNK = 1 << 20  # 1 MiB: the unit every stream in the engine moves
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float
+
+
+class Storage(Protocol):
+    """What the repository needs from a place that stores objects under string keys."""
+
+    def writer(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A file to write ``key`` into; the object appears only when the block exits cleanly."""
+
+    def open(self, key: str) -> BinaryIO:
+        """Read an object; raises NotFoundError when it does not exist."""
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, sorted by key."""
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and mtime of an object; raises NotFoundError when it does not exist."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Remove an object; removing an absent object is not an error."""
+
+    def describe(self) -> str:
+        """Where this storage is, for messages (never with credentials)."""
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise PgBackupError(f"invalid repository key {key!r}")
+    return key
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage:
+    """A repository folder on a local (or mounted) filesystem."""
+
+    TMP_MARK = ".tmp-"
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        final = self.path(key)
+        _mkdirs(final.parent)
+        tmp = final.with_name(f"{final.name}{self.TMP_MARK}{uuid.uuid4().hex[:12]}")
+        f = open(tmp, "xb")  # noqa: SIM115 - closed below on both paths
+        try:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+        except BaseException:
+            f.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self.path(key), "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"{key} is not in the repository at {self.root}") from None
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        if not self.root.is_dir():
+            return []
+        # Walk only the deepest folder the prefix names, not the whole repository.
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / folder if folder else self.root
+        out = []
+        for dirpath, _dirs, files in os.walk(start):
+            for name in files:
+                if self.TMP_MARK in name:
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    st = full.stat()
+                    out.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        out.sort(key=lambda o: o.key)
+        return out
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = self.path(key).stat()
+        except FileNotFoundError:
+            raise NotFoundError(f"{key} is not in the repository at {self.root}") from None
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(path.parent)
+
+
+def _mkdirs(path: Path) -> None:
+    """Create missing folders and make their entries durable in their parents."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+        fsync_dir(d.parent)

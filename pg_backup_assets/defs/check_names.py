@@ -1,0 +1,4 @@
+"""Asset check names: part of the contract (DESIGN §1), shared by assets, sensors and tests."""
+
+DUMP_RESTORABLE = "dump_restorable"
+SIZE_ANOMALY = "size_anomaly"

@@ -1,0 +1,38 @@
+import dagster as dg
+
+from pg_backup_assets.core import dumps
+from pg_backup_assets.defs.check_names import DUMP_RESTORABLE
+from pg_backup_assets.defs.partitions import daily_check
+from pg_backup_assets.defs.resources import PgBackupResource
+
+
+def build_dump_restorable(cluster: str) -> dg.AssetChecksDefinition:
+    return daily_check(
+        dump_restorable_fn(cluster),
+        asset=dg.AssetKey([cluster, "logical_dump"]),
+        name=DUMP_RESTORABLE,
+        blocking=True,
+    )
+
+
+def dump_restorable_fn(cluster: str):  # noqa: ANN201
+    def dump_restorable(
+        context: dg.AssetCheckExecutionContext, pgbackup: PgBackupResource
+    ) -> dg.AssetCheckResult:
+        """Each archive of the day matches its sha256, decodes, and pg_restore --list reads it."""
+        repo = pgbackup.repository()
+        dump_set = dumps.find_dump_set(repo, cluster, context.partition_key)
+        verdicts = dumps.check_restorable(repo, dump_set)
+        failed = [v for v in verdicts if not v.ok]
+        return dg.AssetCheckResult(
+            passed=not failed,
+            description="; ".join(v.message for v in (failed or verdicts)),
+            metadata={
+                "set_id": dump_set.set_id,
+                "objects_checked": len(verdicts),
+                "objects_failed": len(failed),
+                "toc_entries": sum(v.toc_entries for v in verdicts),
+            },
+        )
+
+    return dump_restorable

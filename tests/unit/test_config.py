@@ -1,0 +1,173 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pg_backup_assets.core.config import load_config, parse_config
+from pg_backup_assets.core.errors import ConfigError
+from pg_backup_assets.core.pg import redact_dsn, split_dsn
+
+DESIGN_EXAMPLE = """
+repository: /var/lib/pgbackup/repo
+offsite:
+  s3: {bucket: pg-offsite, prefix: prod/, endpoint_url: null, region: us-east-1,
+       object_lock_days: 0}
+encryption:
+  recipients: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]
+  identity_file: /etc/pgbackup/age.key
+clusters:
+  main:
+    dsn: "host=127.0.0.1 port=5432 user=postgres"
+    databases: [app]
+    rpo_seconds: 300
+    rto_seconds: 1800
+retention: {daily: 14, weekly: 8, monthly: 12, yearly: 7}
+alerts: {webhook_url: null}
+"""
+
+
+def parse(text: str):
+    return parse_config(yaml.safe_load(text), source=Path("/etc/pgbackup/pgbackup.yaml"))
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse(text)
+    return str(exc.value)
+
+
+def test_design_example_loads():
+    config = parse(DESIGN_EXAMPLE)
+    main = config.cluster(None)
+    assert main.name == "main"
+    assert main.databases == ("app",)
+    assert main.rpo_seconds == 300
+    assert config.offsite.s3.bucket == "pg-offsite"
+    assert config.offsite.s3.endpoint_url is None
+    assert config.encryption.identity_file == Path("/etc/pgbackup/age.key")
+    assert config.retention.weekly == 8
+
+
+def test_defaults_and_relative_repository():
+    config = parse("repository: repo\nclusters: {c1: {dsn: 'host=x'}}\n")
+    c1 = config.cluster("c1")
+    assert c1.databases is None  # all non-template databases
+    assert (c1.rpo_seconds, c1.rto_seconds) == (300, 1800)
+    assert config.repository == Path("/etc/pgbackup/repo")  # relative to the config file
+    assert config.retention.daily == 14
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("repository: r\nclusters: {main: {dsn: x}}\nrepositry: typo\n", "'repositry'"),
+        ("repository: r\nclusters: {main: {dsn: x, rpo: 5}}\n", "'clusters.main.rpo'"),
+        ("repository: r\nclusters: {main: {dsn: x}}\nretention: {daly: 3}\n", "'retention.daly'"),
+        (
+            "repository: r\nclusters: {main: {dsn: x}}\noffsite: {s3: {bucket: b, acl: x}}\n",
+            "'offsite.s3.acl'",
+        ),
+    ],
+)
+def test_unknown_key_is_named(text, named):
+    message = error_of(text)
+    assert "unknown config key" in message and named in message
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("clusters: {main: {dsn: x}}\n", "'repository'"),
+        ("repository: r\n", "'clusters'"),
+        ("repository: r\nclusters: {main: {databases: [a]}}\n", "'clusters.main.dsn'"),
+        (
+            "repository: r\nclusters: {main: {dsn: x}}\noffsite: {s3: {prefix: p}}\n",
+            "'offsite.s3.bucket'",
+        ),
+    ],
+)
+def test_missing_key_is_named(text, named):
+    message = error_of(text)
+    assert "missing required config key" in message and named in message
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        (
+            "repository: r\nclusters: {main: {dsn: x, rpo_seconds: -5}}\n",
+            "clusters.main.rpo_seconds",
+        ),
+        (
+            "repository: r\nclusters: {main: {dsn: x, rto_seconds: soon}}\n",
+            "clusters.main.rto_seconds",
+        ),
+        ("repository: r\nclusters: {main: {dsn: x, databases: app}}\n", "clusters.main.databases"),
+        (
+            "repository: r\nclusters: {main: {dsn: x}}\nretention: {weekly: -1}\n",
+            "retention.weekly",
+        ),
+        (
+            "repository: r\nclusters: {main: {dsn: x}}\nencryption: {recipients: [nope]}\n",
+            "encryption.recipients[0]",
+        ),
+        ("repository: r\nclusters: {'bad name': {dsn: x}}\n", "clusters.bad name"),
+        ("repository: r\nclusters: {}\n", "clusters"),
+        (
+            "repository: r\nclusters: {main: {dsn: x}}\noffsite: {path: /a, s3: {bucket: b}}\n",
+            "offsite",
+        ),
+        ("repository: [1]\nclusters: {main: {dsn: x}}\n", "repository"),
+    ],
+)
+def test_bad_value_is_named(text, named):
+    assert f"'{named}'" in error_of(text)
+
+
+def test_env_expansion(monkeypatch):
+    monkeypatch.setenv("PGB_TEST_PASSWORD", "s3cr3t")
+    config = parse(
+        "repository: r\nclusters: {main: {dsn: 'host=h password=${PGB_TEST_PASSWORD}'}}\n"
+    )
+    assert "password=s3cr3t" in config.cluster("main").dsn
+
+
+def test_unset_variable_is_named(monkeypatch):
+    monkeypatch.delenv("PGB_UNSET_VAR", raising=False)
+    message = error_of("repository: r\nclusters: {main: {dsn: 'password=${PGB_UNSET_VAR}'}}\n")
+    assert "PGB_UNSET_VAR" in message and "clusters.main.dsn" in message
+
+
+def test_bad_dsn_value_does_not_echo_it():
+    message = error_of("repository: r\nclusters: {main: {dsn: 12345}}\n")
+    assert "12345" not in message and "clusters.main.dsn" in message
+
+
+def test_config_file_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("PGBACKUP_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="PGBACKUP_CONFIG"):
+        load_config(None)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("repository: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_cluster_selection():
+    config = parse("repository: r\nclusters: {a: {dsn: x}, b: {dsn: y}}\n")
+    with pytest.raises(ConfigError, match="--cluster is required"):
+        config.cluster(None)
+    with pytest.raises(ConfigError, match="'c' is not in the config"):
+        config.cluster("c")
+
+
+def test_passwords_are_redacted_and_kept_out_of_argv():
+    dsn = "host=db.example port=5432 user=app password=hunter2 dbname=x"
+    assert "hunter2" not in redact_dsn(dsn)
+    assert "password=***" in redact_dsn(dsn)
+    assert "hunter2" not in redact_dsn("postgresql://app:hunter2@db.example/x")
+    conninfo, env = split_dsn(dsn)
+    assert "hunter2" not in conninfo
+    assert env == {"PGPASSWORD": "hunter2"}

@@ -17,8 +17,9 @@ from pg_backup_assets.core import dumps
 from pg_backup_assets.core.codec import generate_identity
 from pg_backup_assets.core.config import load_config
 from pg_backup_assets.core.pg import available_extensions
-from pg_backup_assets.core.pgserver import LocalCluster, hand_over
+from pg_backup_assets.core.pgserver import LocalCluster, hand_over_tree
 from pg_backup_assets.core.repository import Repository
+from pg_backup_assets.core.walarchive import archiving_settings
 
 CLUSTER = "demo"
 DATABASE = "shop"
@@ -43,6 +44,14 @@ INSERT INTO events SELECT g, decode(md5(g::text) || md5((g * 7)::text), 'hex')
 
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
+
+
+def _row(label: str, text: str) -> None:
+    print(f"{label:<24}{text}")
+
+
+def _verdict(passed: bool, description: str) -> str:
+    return f"{'PASSED' if passed else 'FAILED'}: {description}"
 
 
 def _table_fingerprint(dsn: str) -> dict[str, tuple[int, str]]:
@@ -73,9 +82,12 @@ def run_demo(state_dir: str, keep_running: bool = False) -> int:
         _say(f"removing the previous demo cluster in {cluster.base}")
         cluster.destroy()
         cluster = LocalCluster(state / "cluster")
+    # A new cluster starts its WAL names over: it gets a new repository, too
+    # (wal-push rightly refuses to overwrite another cluster's segments).
     repo_dir = state / "repo"
-    repo_dir.mkdir(exist_ok=True)
-    hand_over(repo_dir)
+    shutil.rmtree(repo_dir, ignore_errors=True)
+    repo_dir.mkdir()
+    hand_over_tree(repo_dir)  # the server's archive_command writes WAL into it
 
     key_file = state / "age.key"
     if not key_file.exists():
@@ -84,11 +96,14 @@ def run_demo(state_dir: str, keep_running: bool = False) -> int:
         key_file.chmod(0o600)
     recipient = key_file.read_text().splitlines()[0].split(": ", 1)[1]
 
+    config_file = state / "pgbackup.yaml"
+    _write_config(config_file, repo_dir, key_file, recipient, cluster)
     t_start = time.monotonic()
     _say(f"starting a throwaway PostgreSQL cluster in {cluster.base} on port {cluster.port}")
-    cluster.init(fast=True).start()
+    _say("it archives every WAL segment through `pgbackup wal-push`")
+    cluster.init(archiving_settings(config_file), fast=True).start()
     try:
-        return _run(state, cluster, repo_dir, key_file, recipient, t_start)
+        return _run(state, cluster, config_file, t_start)
     finally:
         if keep_running:
             _say(f"the demo server keeps running: {cluster.dsn()}")
@@ -96,19 +111,10 @@ def run_demo(state_dir: str, keep_running: bool = False) -> int:
             cluster.stop()
 
 
-def _run(
-    state: Path, cluster: LocalCluster, repo_dir: Path, key_file: Path, recipient: str, t0: float
-) -> int:
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {DATABASE}")
-    with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
-        conn.execute(_SAMPLE)
-        if "pgcrypto" in available_extensions(cluster.dsn(DATABASE)):
-            conn.execute("CREATE EXTENSION pgcrypto")
-    _say(f"created database {DATABASE} with sample data ({', '.join(TABLES)})")
-
-    config_file = state / "pgbackup.yaml"
-    config_file.write_text(
+def _write_config(
+    path: Path, repo_dir: Path, key_file: Path, recipient: str, cluster: LocalCluster
+) -> None:
+    path.write_text(
         f"""# Written by `pgbackup demo`.
 repository: {repo_dir}
 encryption:
@@ -120,8 +126,21 @@ clusters:
     databases: [{DATABASE}]
     rpo_seconds: 300
     rto_seconds: 1800
+sensors:
+  wal_archive_interval_seconds: 30
 """
     )
+
+
+def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> int:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {DATABASE}")
+    with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
+        conn.execute(_SAMPLE)
+        if "pgcrypto" in available_extensions(cluster.dsn(DATABASE)):
+            conn.execute("CREATE EXTENSION pgcrypto")
+    _say(f"created database {DATABASE} with sample data ({', '.join(TABLES)})")
+
     config = load_config(config_file)
     repo = Repository.from_config(config)
 
@@ -129,15 +148,22 @@ clusters:
     import dagster as dg
 
     from pg_backup_assets.definitions import build_defs
-    from pg_backup_assets.defs.check_names import DUMP_RESTORABLE
+    from pg_backup_assets.defs.check_names import (
+        DUMP_RESTORABLE,
+        WAL_ARCHIVE_CONTIGUOUS,
+        WAL_ARCHIVE_FRESH,
+    )
     from pg_backup_assets.defs.partitions import daily
 
     defs = build_defs(str(config_file))
     partition = daily.get_last_partition_key()
     _say(f"materializing {CLUSTER}/logical_dump for partition {partition} through Dagster")
     instance = dg.DagsterInstance.get()
+    dump_key = dg.AssetKey([CLUSTER, "logical_dump"])
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets(dump_key)
+        | dg.AssetSelection.checks_for_assets(dump_key),
         partition_key=partition,
         resources=defs.resources,
         instance=instance,
@@ -163,28 +189,63 @@ clusters:
     after = _table_fingerprint(cluster.dsn(restored_db))
     same = before == after
 
+    wal = _observe_wal_archive(cluster, defs, instance)
+
     md = {k: v.value for k, v in mat.metadata.items()}
-    print()
-    print("pg-backup-assets demo summary")
-    print("-----------------------------")
-    print(f"cluster           {CLUSTER} (PostgreSQL {md['server_version']}, port {cluster.port})")
-    print(f"partition         {partition}   Dagster run {result.run_id}")
-    print(
-        f"logical dump      {md['raw_bytes']:,} bytes -> {md['size_bytes']:,} stored "
-        f"(zstd + age) in {md['duration_s']:.2f}s, {md['throughput_mib_s']} MiB/s"
+    print("\npg-backup-assets demo summary\n-----------------------------")
+    _row("cluster", f"{CLUSTER} (PostgreSQL {md['server_version']}, port {cluster.port})")
+    _row("partition", f"{partition}   Dagster run {result.run_id}")
+    _row(
+        "logical dump",
+        f"{md['raw_bytes']:,} bytes -> {md['size_bytes']:,} stored (zstd + age) "
+        f"in {md['duration_s']:.2f}s, {md['throughput_mib_s']} MiB/s",
     )
-    print(
-        f"dump_restorable   {'PASSED' if restorable.passed else 'FAILED'}: {restorable.description}"
-    )
-    print(f"restore-dump      into {restored_db} in {restore_s:.2f}s")
+    _row(DUMP_RESTORABLE, _verdict(restorable.passed, restorable.description))
+    _row("restore-dump", f"into {restored_db} in {restore_s:.2f}s")
     for t in TABLES:
         rows, _ = after[t]
         mark = "identical" if before[t] == after[t] else f"DIFFERS (source {before[t][0]} rows)"
-        print(f"  {t:<15} {rows:>8,} rows  {mark}")
-    print(f"total             {time.monotonic() - t0:.1f}s")
+        _row(f"  {t}", f"{rows:>8,} rows  {mark}")
+    _row(
+        "WAL archive",
+        f"{wal['segments']} segments {wal['first_segment']}..{wal['last_segment']} "
+        "(wal-push, zstd + age)",
+    )
+    for name in (WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH):
+        _row(name, _verdict(*wal[name]))
+    _row("total", f"{time.monotonic() - t0:.1f}s")
     print()
-    print(f"config            {state / 'pgbackup.yaml'}")
-    print(f"repository        {repo_dir}")
-    print("see it in the UI  make ui   (then open http://127.0.0.1:3000)")
-    print(f"try the CLI       PGBACKUP_CONFIG={state / 'pgbackup.yaml'} .venv/bin/pgbackup info")
-    return 0 if (same and restorable.passed) else 1
+    _row("config", str(config_file))
+    _row("repository", str(config.repository))
+    _row("see it in the UI", "make ui   (then open http://127.0.0.1:3000)")
+    _row("try the CLI", f"PGBACKUP_CONFIG={config_file} .venv/bin/pgbackup info")
+    wal_ok = wal[WAL_ARCHIVE_CONTIGUOUS][0] and wal[WAL_ARCHIVE_FRESH][0]
+    return 0 if (same and restorable.passed and wal_ok) else 1
+
+
+def _observe_wal_archive(cluster: LocalCluster, defs, instance) -> dict:  # noqa: ANN001
+    """Close the current WAL segment, wait for wal-push, then run the WAL sensor once and
+    record what it reports in the instance, as the running sensor would."""
+    import dagster as dg
+
+    from pg_backup_assets.defs.wal.sensors import WAL_ARCHIVE_SENSOR
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            last = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
+            if last and last[8:] >= segment[8:]:
+                break
+            time.sleep(0.1)
+    sensor = defs.resolve_sensor_def(WAL_ARCHIVE_SENSOR)
+    result = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    out: dict = {}
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+        if isinstance(event, dg.AssetObservation):
+            out.update({k: v.value for k, v in event.metadata.items()})
+        else:
+            out[event.check_name] = (event.passed, event.description)
+    return out

@@ -109,6 +109,7 @@ def write_config(
     recipient: str | None = None,
     identity_file: Path | None = None,
     cluster: str = "main",
+    rpo_seconds: int | None = None,
 ) -> Path:
     repo = workdir / "repo"
     repo.mkdir(exist_ok=True)
@@ -116,6 +117,8 @@ def write_config(
     lines = [f"repository: {repo}", "clusters:", f"  {cluster}:", f'    dsn: "{dsn}"']
     if databases:
         lines.append(f"    databases: [{', '.join(databases)}]")
+    if rpo_seconds:
+        lines.append(f"    rpo_seconds: {rpo_seconds}")
     if recipient:
         lines += ["encryption:", f"  recipients: [{recipient}]"]
         if identity_file:
@@ -123,3 +126,23 @@ def write_config(
     path = workdir / "pgbackup.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def archiving_settings(config_path: Path) -> dict[str, str]:
+    """postgresql.conf settings that archive through `pgbackup wal-push`."""
+    from pg_backup_assets.core.walarchive import archiving_settings as settings
+
+    # wal_keep_size: keep pg_wal copies to compare the archive with.
+    return {**settings(config_path), "wal_keep_size": "'1GB'"}
+
+
+@pytest.fixture
+def archiving(workdir: Path) -> Iterator[tuple[LocalCluster, Path]]:
+    """A started server whose archive_command is `pgbackup wal-push` into workdir/repo."""
+    cluster = LocalCluster(workdir / "pg")
+    config = write_config(workdir, cluster.dsn(), ["postgres"], rpo_seconds=300)
+    try:
+        cluster.init(archiving_settings(config), fast=True).start()
+        yield cluster, config
+    finally:
+        cluster.stop()

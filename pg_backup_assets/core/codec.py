@@ -40,6 +40,12 @@ class Codec:
 
 
 @dataclass(frozen=True)
+class Decoded:
+    raw_bytes: int
+    raw_sha256: str
+
+
+@dataclass(frozen=True)
 class Encoded:
     raw_bytes: int
     stored_bytes: int
@@ -118,8 +124,8 @@ def decode(
     encrypted: bool,
     identities: Sequence[object] = (),
     expected_sha256: str | None = None,
-) -> int:
-    """Decrypt and decompress ``src`` into ``dst``; return the raw byte count.
+) -> Decoded:
+    """Decrypt and decompress ``src`` into ``dst``; return the raw size and sha256.
 
     ``name`` is used in error messages. When ``expected_sha256`` is given, the stored bytes
     are checked against it; a mismatch raises IntegrityError (after ``dst`` has received
@@ -161,7 +167,7 @@ def decode(
             f"{expected_sha256}"
         )
     out.flush()
-    return out.count
+    return Decoded(out.count, out.hash.hexdigest())
 
 
 def sha256_of(src: BinaryIO) -> tuple[str, int]:

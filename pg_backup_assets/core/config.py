@@ -65,6 +65,11 @@ class Alerts:
 
 
 @dataclass(frozen=True)
+class Sensors:
+    wal_archive_interval_seconds: int = 60
+
+
+@dataclass(frozen=True)
 class Config:
     repository: Path
     clusters: dict[str, ClusterConfig]
@@ -72,6 +77,7 @@ class Config:
     encryption: Encryption | None = None
     retention: Retention = field(default_factory=Retention)
     alerts: Alerts = field(default_factory=Alerts)
+    sensors: Sensors = field(default_factory=Sensors)
     source: Path | None = None
 
     def cluster(self, name: str | None) -> ClusterConfig:
@@ -122,7 +128,7 @@ def parse_config(raw: Any, source: Path | None = None) -> Config:
         top,
         "",
         required={"repository", "clusters"},
-        optional={"offsite", "encryption", "retention", "alerts"},
+        optional={"offsite", "encryption", "retention", "alerts", "sensors"},
     )
     base = source.parent if source else Path.cwd()
     repository = _path(top["repository"], "repository", base)
@@ -138,6 +144,14 @@ def parse_config(raw: Any, source: Path | None = None) -> Config:
     alerts_raw = _mapping(top.get("alerts") or {}, "alerts")
     _only(alerts_raw, "alerts", optional={"webhook_url"})
     alerts = Alerts(webhook_url=_opt_str(alerts_raw.get("webhook_url"), "alerts.webhook_url"))
+    sensors_raw = _mapping(top.get("sensors") or {}, "sensors")
+    _only(sensors_raw, "sensors", optional={"wal_archive_interval_seconds"})
+    sensors = Sensors(
+        wal_archive_interval_seconds=_positive_int(
+            sensors_raw.get("wal_archive_interval_seconds", 60),
+            "sensors.wal_archive_interval_seconds",
+        )
+    )
     return Config(
         repository=repository,
         clusters=clusters,
@@ -145,6 +159,7 @@ def parse_config(raw: Any, source: Path | None = None) -> Config:
         encryption=encryption,
         retention=retention,
         alerts=alerts,
+        sensors=sensors,
         source=source,
     )
 

@@ -252,7 +252,7 @@ def check_restorable(repo: Repository, dump_set: DumpSet) -> list[ObjectVerdict]
     for obj in dump_set.objects:
         try:
             if obj.database == GLOBALS:
-                n = repo.read_into(obj.record, _Null())
+                n = repo.read_into(obj.record, _Null()).raw_bytes
                 verdicts.append(ObjectVerdict(GLOBALS, True, f"globals: {n} bytes of SQL"))
                 continue
             with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:

@@ -7,6 +7,8 @@ from typing import Any
 
 from pg_backup_assets.core.dumps import GLOBALS, list_dump_sets
 from pg_backup_assets.core.repository import Repository
+from pg_backup_assets.core.wal import find_gaps
+from pg_backup_assets.core.walarchive import list_archive
 
 
 def repository_info(repo: Repository, clusters: Sequence[str]) -> dict[str, Any]:
@@ -26,9 +28,29 @@ def repository_info(repo: Repository, clusters: Sequence[str]) -> dict[str, Any]
             if o.database != GLOBALS
         ]
         out["clusters"][name] = {
-            # Physical backups and WAL archiving are not built yet: nothing to list.
+            # Physical base backups are not built yet: nothing to list.
             "base_backups": [],
             "dumps": dumps,
-            "wal": {"first": None, "last": None, "count": 0, "gaps": []},
+            "wal": _wal_info(repo, name),
         }
     return out
+
+
+def _wal_info(repo: Repository, cluster: str) -> dict[str, Any]:
+    listing = list_archive(repo, cluster)
+    wal: dict[str, Any] = {
+        "first": None,
+        "last": None,
+        "count": len(listing.segments),
+        "gaps": [],
+        "stored_bytes": listing.total_bytes,
+        "timelines": sorted({int(o.name[:8], 16) for o in listing.segments}),
+    }
+    if listing.segment_size:
+        gaps = find_gaps(
+            (o.name for o in listing.segments), listing.histories, listing.segment_size
+        )
+        wal.update(first=gaps.first, last=gaps.last, gaps=[list(g) for g in gaps.missing])
+        if gaps.missing_history:
+            wal["missing_history"] = gaps.missing_history
+    return wal

@@ -141,3 +141,55 @@ def run_tool(
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class ArchiverFacts:
+    """What the server says about WAL archiving (pg_stat_archiver and settings)."""
+
+    segment_size: int
+    archive_mode: str
+    in_recovery: bool
+    current_wal: str | None  # the segment being written (None on a standby)
+    archived_count: int
+    last_archived_wal: str | None
+    last_archived_time: float | None
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_time: float | None
+    now: float
+
+
+def archiver_facts(dsn: str) -> ArchiverFacts:
+    with connect(dsn, autocommit=True) as conn:
+        size = int(
+            conn.execute(
+                "SELECT setting::bigint * CASE unit WHEN 'B' THEN 1 WHEN 'kB' THEN 1024 "
+                "WHEN 'MB' THEN 1048576 ELSE 1 END FROM pg_settings WHERE name='wal_segment_size'"
+            ).fetchone()[0]
+        )
+        mode = conn.execute("SHOW archive_mode").fetchone()[0]
+        in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        current = (
+            None
+            if in_recovery
+            else conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        )
+        row = conn.execute(
+            "SELECT archived_count, last_archived_wal, extract(epoch FROM last_archived_time), "
+            "failed_count, last_failed_wal, extract(epoch FROM last_failed_time), "
+            "extract(epoch FROM now()) FROM pg_stat_archiver"
+        ).fetchone()
+    return ArchiverFacts(
+        segment_size=size,
+        archive_mode=mode,
+        in_recovery=in_recovery,
+        current_wal=current,
+        archived_count=row[0],
+        last_archived_wal=row[1],
+        last_archived_time=float(row[2]) if row[2] is not None else None,
+        failed_count=row[3],
+        last_failed_wal=row[4],
+        last_failed_time=float(row[5]) if row[5] is not None else None,
+        now=float(row[6]),
+    )

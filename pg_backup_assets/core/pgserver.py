@@ -46,7 +46,14 @@ def hand_over(path: Path) -> None:
     """Make ``path`` (a folder we created) owned by the server account, when there is one."""
     account = _server_account()
     if account is not None:
-        os.chown(path, account.pw_uid, account.pw_gid)
+        os.lchown(path, account.pw_uid, account.pw_gid)
+
+
+def hand_over_tree(path: Path) -> None:
+    """``hand_over`` for a folder and everything in it."""
+    if _server_account() is not None:
+        for p in [path, *path.rglob("*")]:
+            hand_over(p)
 
 
 def as_server_user(
@@ -97,11 +104,7 @@ class LocalCluster:
         """initdb with data checksums; ``settings`` go into postgresql.conf."""
         if (self.data / "PG_VERSION").exists():
             raise PgBackupError(f"{self.data} already holds a cluster; remove it first")
-        for d in (self.base, self.sockdir):
-            d.mkdir(parents=True, exist_ok=True)
-        self.base.chmod(0o755)
-        hand_over(self.base)
-        hand_over(self.sockdir)
+        self._prepare()
         args = [
             str(self.bindir / "initdb"),
             "-D",
@@ -118,6 +121,23 @@ class LocalCluster:
         as_server_user(args)
         self.configure(settings or {})
         return self
+
+    def adopt(self, settings: Mapping[str, str] | None = None) -> LocalCluster:
+        """Run a data directory that already exists (a restored backup, a copy) from here."""
+        if not (self.data / "PG_VERSION").exists():
+            raise PgBackupError(f"{self.data} holds no PostgreSQL data directory")
+        self._prepare()
+        hand_over_tree(self.data)
+        self.data.chmod(0o700)
+        self.configure(settings or {})
+        return self
+
+    def _prepare(self) -> None:
+        for d in (self.base, self.sockdir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o755)
+        hand_over(self.base)
+        hand_over(self.sockdir)
 
     def configure(self, settings: Mapping[str, str]) -> None:
         """Append settings to postgresql.conf (later lines win); takes effect at (re)start."""

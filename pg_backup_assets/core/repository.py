@@ -16,7 +16,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pg_backup_assets.core.codec import Codec, Progress, decode, encode, load_identities, sha256_of
+from pg_backup_assets.core.codec import (
+    Codec,
+    Decoded,
+    Progress,
+    decode,
+    encode,
+    load_identities,
+    sha256_of,
+)
 from pg_backup_assets.core.config import Config
 from pg_backup_assets.core.errors import ConfigError, IntegrityError
 from pg_backup_assets.core.storage import LocalStorage, Storage
@@ -91,7 +99,7 @@ class Repository:
                 f"does not match the catalog's {record.sha256} ({record.stored_bytes} bytes)"
             )
 
-    def read_into(self, record: ObjectRecord, dst: BinaryIO) -> int:
+    def read_into(self, record: ObjectRecord, dst: BinaryIO) -> Decoded:
         """Decode an object into ``dst``, checking its sha256 on the way."""
         with self.storage.open(record.key) as f:
             return decode(

@@ -82,9 +82,16 @@ class LocalStorage:
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
         final = self.path(key)
-        _mkdirs(final.parent)
         tmp = final.with_name(f"{final.name}{self.TMP_MARK}{uuid.uuid4().hex[:12]}")
-        f = open(tmp, "xb")  # noqa: SIM115 - closed below on both paths
+        try:
+            _mkdirs(final.parent)
+            f = open(tmp, "xb")  # noqa: SIM115 - closed below on both paths
+        except OSError as exc:
+            raise PgBackupError(
+                f"cannot write {key} in the repository at {self.root}: {exc.strerror} "
+                f"(as OS user {_whoami()}: the repository must be writable by every user that "
+                "backs up into it, including the postgres user that runs archive_command)"
+            ) from None
         try:
             yield f
             f.flush()
@@ -142,14 +149,32 @@ class LocalStorage:
         fsync_dir(path.parent)
 
 
+def _whoami() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
 def _mkdirs(path: Path) -> None:
-    """Create missing folders and make their entries durable in their parents."""
+    """Create missing folders and make their entries durable in their parents.
+
+    As root, a new folder takes its parent's owner: the repository is shared by the
+    postgres OS user (wal-push from archive_command) and whoever runs Dagster.
+    """
     missing = []
     p = path
     while not p.exists():
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
+        try:
             d.mkdir()
+        except FileExistsError:
+            continue
+        if os.geteuid() == 0:
+            st = d.parent.stat()
+            os.chown(d, st.st_uid, st.st_gid)
         fsync_dir(d.parent)

@@ -2,3 +2,5 @@
 
 DUMP_RESTORABLE = "dump_restorable"
 SIZE_ANOMALY = "size_anomaly"
+WAL_ARCHIVE_CONTIGUOUS = "wal_archive_contiguous"
+WAL_ARCHIVE_FRESH = "wal_archive_fresh"

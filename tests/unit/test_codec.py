@@ -24,7 +24,7 @@ def roundtrip(codec: Codec, identities=()):
     stored = io.BytesIO()
     enc = encode(io.BytesIO(DATA), stored, codec)
     out = io.BytesIO()
-    n = decode(
+    decoded = decode(
         io.BytesIO(stored.getvalue()),
         out,
         name="obj",
@@ -32,7 +32,8 @@ def roundtrip(codec: Codec, identities=()):
         identities=identities,
         expected_sha256=enc.sha256,
     )
-    return enc, stored.getvalue(), out.getvalue(), n
+    assert decoded.raw_sha256 == enc.raw_sha256
+    return enc, stored.getvalue(), out.getvalue(), decoded.raw_bytes
 
 
 def test_plain_roundtrip():

@@ -1,0 +1,225 @@
+"""WAL file naming, LSN arithmetic, timeline histories and gap math. Pure functions.
+
+A segment name is ``TTTTTTTTXXXXXXXXYYYYYYYY``: timeline, then the segment number split
+into a "log" part and a "seg" part, where one log holds ``2**32 / segment size`` segments
+(256 for the default 16 MiB). The segment size comes from the server
+(``wal_segment_size``), never from a constant.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+
+SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
+PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial$")
+BACKUP_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$")
+
+
+def check_segment_size(size: int) -> int:
+    # PostgreSQL allows powers of two from 1 MiB to 1 GiB.
+    if size < 1 << 20 or size > 1 << 30 or size & (size - 1):
+        raise ValueError(f"invalid WAL segment size {size}: a power of two from 1 MiB to 1 GiB")
+    return size
+
+
+def segments_per_log(segment_size: int) -> int:
+    return 0x100000000 // check_segment_size(segment_size)
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    timeline: int
+    segno: int  # absolute segment number: lsn // segment size
+
+    def name(self, segment_size: int) -> str:
+        per = segments_per_log(segment_size)
+        return f"{self.timeline:08X}{self.segno // per:08X}{self.segno % per:08X}"
+
+
+def parse_segment(name: str, segment_size: int) -> Segment:
+    m = SEGMENT_RE.match(name)
+    if not m:
+        raise ValueError(f"{name!r} is not a WAL segment name")
+    tli, log, seg = (int(g, 16) for g in m.groups())
+    per = segments_per_log(segment_size)
+    if seg >= per:
+        raise ValueError(f"{name!r} is not a valid segment name for {segment_size}-byte segments")
+    if tli == 0:
+        raise ValueError(f"{name!r} has timeline 0, which PostgreSQL never uses")
+    return Segment(tli, log * per + seg)
+
+
+def is_segment_name(name: str) -> bool:
+    return bool(SEGMENT_RE.match(name))
+
+
+def wal_file_kind(name: str) -> str:
+    """'segment', 'history', 'partial' or 'backup'; ValueError for anything else."""
+    if SEGMENT_RE.match(name):
+        return "segment"
+    if HISTORY_RE.match(name):
+        return "history"
+    if PARTIAL_RE.match(name):
+        return "partial"
+    if BACKUP_RE.match(name):
+        return "backup"
+    raise ValueError(f"{name!r} is not a WAL file name (segment, .history, .partial or .backup)")
+
+
+def parse_lsn(text: str) -> int:
+    """'16/B374D848' -> integer LSN."""
+    m = re.match(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$", text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not an LSN (expected like 0/16B3748)")
+    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def segment_of(lsn: int, timeline: int, segment_size: int) -> Segment:
+    return Segment(timeline, lsn // check_segment_size(segment_size))
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Timeline ``parent`` ended at ``lsn``, where ``child`` began."""
+
+    parent: int
+    child: int
+    lsn: int
+
+
+def parse_history(child: int, text: str) -> list[Switch]:
+    """Parse ``<child>.history``: one line per ancestor, ``parentTLI<TAB>switchpoint<TAB>reason``.
+
+    Returns the whole ancestry of ``child`` as switches, oldest first.
+    """
+    entries: list[tuple[int, int]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split(None, 2)
+        if len(fields) < 2:
+            raise ValueError(f"{child:08X}.history line {n}: expected 'parentTLI switchpoint'")
+        try:
+            entries.append((int(fields[0]), parse_lsn(fields[1])))
+        except ValueError as exc:
+            raise ValueError(f"{child:08X}.history line {n}: {exc}") from None
+    switches = []
+    for i, (parent, lsn) in enumerate(entries):
+        next_tli = entries[i + 1][0] if i + 1 < len(entries) else child
+        switches.append(Switch(parent, next_tli, lsn))
+    return switches
+
+
+def timeline_of(segno: int, path: list[Switch], target: int, segment_size: int) -> int:
+    """Which timeline's file holds segment ``segno`` when recovering along ``path`` to ``target``.
+
+    The segment that contains a switch point belongs to the new timeline (the old
+    timeline's copy, if any, is archived as ``.partial``).
+    """
+    for switch in path:  # oldest first
+        if segno < switch.lsn // segment_size:
+            return switch.parent
+    return target
+
+
+@dataclass(frozen=True)
+class GapReport:
+    timeline: int  # the newest timeline, whose ancestry is followed
+    first: str | None  # first expected segment (of the checked range)
+    last: str | None  # newest archived segment
+    count: int  # archived segments on the path within the range
+    missing: list[tuple[str, str]]  # inclusive ranges of missing segment names
+    missing_count: int = 0
+    missing_history: str | None = None  # the newest timeline's .history, when absent
+
+    @property
+    def contiguous(self) -> bool:
+        return not self.missing and self.missing_history is None
+
+    def describe(self) -> str:
+        if self.first is None:
+            return "no WAL archived yet"
+        parts = []
+        if self.missing_history:
+            parts.append(f"{self.missing_history} is missing (the timeline cannot be followed)")
+        if self.missing:
+            ranges = ", ".join(a if a == b else f"{a}..{b}" for a, b in self.missing[:10])
+            more = f" and {len(self.missing) - 10} more ranges" if len(self.missing) > 10 else ""
+            parts.append(f"{self.missing_count} segments missing: {ranges}{more}")
+        if not parts:
+            span = f"{self.first}..{self.last}"
+            return f"{self.count} segments {span} on timeline {self.timeline}, no gap"
+        return "; ".join(parts)
+
+
+def find_gaps(
+    segment_names: Iterable[str],
+    histories: Mapping[int, list[Switch]],
+    segment_size: int,
+    start_lsn: int | None = None,
+) -> GapReport:
+    """Find every missing segment between the start and the newest archived segment.
+
+    ``histories`` maps a timeline to its ancestry (``parse_history``). The newest timeline
+    (highest id among segments and histories) is followed back through its ancestry;
+    segments of abandoned timelines are ignored. The range starts at ``start_lsn`` (the
+    oldest retained base backup's start) or, without one, at the oldest archived segment
+    on the path.
+    """
+    segs = [parse_segment(n, segment_size) for n in segment_names]
+    timelines = {s.timeline for s in segs} | set(histories)
+    if not timelines:
+        return GapReport(1, None, None, 0, [])
+    target = max(timelines)
+    path = list(histories.get(target, []))
+    on_path = sorted(
+        s for s in segs if s.timeline == timeline_of(s.segno, path, target, segment_size)
+    )
+    if not on_path:
+        return GapReport(target, None, None, 0, [])
+    have = {s.segno for s in on_path}
+    end = on_path[-1].segno
+    begin = start_lsn // segment_size if start_lsn is not None else on_path[0].segno
+    missing: list[tuple[str, str]] = []
+    run_start: int | None = None
+    for segno in range(begin, end + 1):
+        if segno in have:
+            if run_start is not None:
+                missing.append(_range(run_start, segno - 1, path, target, segment_size))
+                run_start = None
+        elif run_start is None:
+            run_start = segno
+        elif timeline_of(segno, path, target, segment_size) != timeline_of(
+            run_start, path, target, segment_size
+        ):
+            missing.append(_range(run_start, segno - 1, path, target, segment_size))
+            run_start = segno
+    count = sum(1 for s in on_path if s.segno >= begin)
+    first = Segment(timeline_of(begin, path, target, segment_size), begin).name(segment_size)
+    missing_count = sum(1 for segno in range(begin, end + 1) if segno not in have)
+    return GapReport(
+        target,
+        first,
+        on_path[-1].name(segment_size),
+        count,
+        missing,
+        missing_count,
+        f"{target:08X}.history" if target > 1 and target not in histories else None,
+    )
+
+
+def _range(a: int, b: int, path: list[Switch], target: int, size: int) -> tuple[str, str]:
+    return (
+        Segment(timeline_of(a, path, target, size), a).name(size),
+        Segment(timeline_of(b, path, target, size), b).name(size),
+    )

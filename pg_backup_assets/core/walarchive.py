@@ -1,0 +1,279 @@
+"""The WAL archive: ``wal-push`` (archive_command) and ``wal-fetch`` (restore_command).
+
+This module is on PostgreSQL's hot path: archive_command runs once per segment, serially,
+so it imports nothing heavy (no psycopg, no dagster, no boto3).
+
+Layout under ``<cluster>/wal/``::
+
+    <first 16 chars of the name>/<name>-<sha256 of the raw file>.zst[.age]   segments,
+                                                                   .partial, .backup
+    history/<TLI>.history-<sha256>.zst[.age]                       timeline histories
+    history/<TLI>.history.json                                     its switch points (plain)
+
+The raw sha256 in the object name lets a retried push tell "same content, already
+archived" from "different content" without the decryption key, and lets wal-fetch check
+the decoded file end to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pg_backup_assets.core.codec import decode, encode
+from pg_backup_assets.core.errors import IntegrityError, NotFoundError, PgBackupError
+from pg_backup_assets.core.repository import Repository
+from pg_backup_assets.core.storage import CHUNK, fsync_dir
+from pg_backup_assets.core.wal import Switch, parse_history, wal_file_kind
+
+
+class ArchiveConflictError(PgBackupError):
+    """A different file with the same WAL name is already archived."""
+
+
+@dataclass(frozen=True)
+class WalObject:
+    name: str  # the WAL file name PostgreSQL uses
+    kind: str  # segment / history / partial / backup
+    key: str
+    raw_sha256: str
+    stored_bytes: int
+    mtime: float
+
+
+def wal_prefix(cluster: str) -> str:
+    return f"{cluster}/wal/"
+
+
+def _folder(cluster: str, name: str, kind: str) -> str:
+    sub = "history" if kind == "history" else name[:16]
+    return f"{wal_prefix(cluster)}{sub}/"
+
+
+def _parse_key(key: str) -> tuple[str, str] | None:
+    """(WAL name, raw sha256) from an object key, or None for other files."""
+    base = key.rsplit("/", 1)[-1]
+    stem = base.split(".zst", 1)[0]
+    if stem == base or "-" not in stem:
+        return None
+    name, _, digest = stem.rpartition("-")
+    if len(digest) != 64:
+        return None
+    return name, digest
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def find(repo: Repository, cluster: str, name: str) -> list[WalObject]:
+    """Every archived object for WAL file ``name`` (normally zero or one)."""
+    kind = wal_file_kind(name)
+    out = []
+    for info in repo.storage.list(f"{_folder(cluster, name, kind)}{name}-"):
+        parsed = _parse_key(info.key)
+        if parsed and parsed[0] == name:
+            out.append(WalObject(name, kind, info.key, parsed[1], info.size, info.mtime))
+    return out
+
+
+def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> str:
+    """Archive one WAL file durably. Returns 'archived' or 'already archived'.
+
+    Raises ArchiveConflictError when the name is archived with different content (the
+    archived copy is left untouched), and PgBackupError on any other failure, so that
+    PostgreSQL keeps the file and retries.
+    """
+    src = Path(path)
+    name = src.name
+    try:
+        kind = wal_file_kind(name)
+    except ValueError as exc:
+        raise PgBackupError(f"wal-push: {exc}") from None
+    try:
+        digest, size = _sha256_file(src)
+    except OSError as exc:
+        raise PgBackupError(f"wal-push: cannot read {src}: {exc.strerror}") from None
+    existing = find(repo, cluster, name)
+    if any(o.raw_sha256 == digest for o in existing):
+        if kind == "history":
+            _write_history_switches(repo, cluster, name, src)
+        return "already archived"
+    if existing:
+        raise ArchiveConflictError(
+            f"wal-push: {name} is already archived in {repo.describe()} with different content "
+            f"(archived sha256 {existing[0].raw_sha256}, this file {digest}); the archived "
+            "copy is kept. Another cluster may be archiving into this repository: give each "
+            "cluster its own name in the config"
+        )
+    key = f"{_folder(cluster, name, kind)}{name}-{digest}{repo.codec.suffix}"
+    with open(src, "rb") as f, repo.storage.writer(key) as out:
+        enc = encode(f, out, repo.codec)
+    if enc.raw_sha256 != digest or enc.raw_bytes != size:
+        repo.storage.delete(key)
+        raise PgBackupError(f"wal-push: {src} changed while it was being archived; retry")
+    if kind == "history":
+        _write_history_switches(repo, cluster, name, src)
+    elif kind == "segment" and not repo.storage.exists(_archive_info_key(cluster)):
+        # A segment's size is the server's wal_segment_size: recorded once, so that the
+        # gap checks can name segments when the server is down.
+        repo.put_json(_archive_info_key(cluster), {"segment_size": size})
+    return "archived"
+
+
+def _archive_info_key(cluster: str) -> str:
+    return f"{wal_prefix(cluster)}archive.json"
+
+
+def _write_history_switches(repo: Repository, cluster: str, name: str, src: Path) -> None:
+    # The switch points, in the clear, so that gap checks need no decryption key.
+    tli = int(name[:8], 16)
+    switches = parse_history(tli, src.read_text(errors="replace"))
+    key = f"{wal_prefix(cluster)}history/{name}.json"
+    repo.put_json(
+        key, {"timeline": tli, "switches": [[s.parent, s.child, s.lsn] for s in switches]}
+    )
+
+
+def fetch(repo: Repository, cluster: str, name: str, dest: str | os.PathLike[str]) -> int:
+    """Restore WAL file ``name`` to ``dest`` (restore_command). Returns its size.
+
+    NotFoundError when it is not archived (PostgreSQL probes for files that may not
+    exist); IntegrityError when it exists but does not decode to its recorded sha256.
+    """
+    try:
+        wal_file_kind(name)
+    except ValueError as exc:
+        raise NotFoundError(f"wal-fetch: {exc}") from None
+    found = find(repo, cluster, name)
+    if not found:
+        raise NotFoundError(f"wal-fetch: {name} is not in the archive at {repo.describe()}")
+    if len(found) > 1:
+        raise IntegrityError(
+            f"wal-fetch: {name} is archived {len(found)} times with different content: "
+            + ", ".join(o.key for o in found)
+        )
+    obj = found[0]
+    target = Path(dest)
+    tmp = target.with_name(f".{target.name}.pgbackup-{os.getpid()}")
+    try:
+        with repo.storage.open(obj.key) as f, open(tmp, "wb") as out:
+            decoded = decode(
+                f,
+                out,
+                name=obj.key,
+                encrypted=obj.key.endswith(".age"),
+                identities=repo.identities() if obj.key.endswith(".age") else (),
+            )
+            out.flush()
+            os.fsync(out.fileno())
+        if decoded.raw_sha256 != obj.raw_sha256:
+            raise IntegrityError(
+                f"wal-fetch: {obj.key} is damaged: it decodes to sha256 {decoded.raw_sha256}, "
+                f"not the archived {obj.raw_sha256}"
+            )
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return decoded.raw_bytes
+
+
+@dataclass(frozen=True)
+class ArchiveListing:
+    segments: list[WalObject]
+    histories: dict[int, list[Switch]]  # timeline -> its ancestry, oldest switch first
+    other: list[WalObject]  # .partial and .backup files
+    segment_size: int | None  # as recorded by the first wal-push of a segment
+
+    @property
+    def newest_segment(self) -> WalObject | None:
+        return max(self.segments, key=lambda o: o.name[8:] + o.name[:8], default=None)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(o.stored_bytes for o in self.segments + self.other)
+
+
+def list_archive(repo: Repository, cluster: str) -> ArchiveListing:
+    segments, other = [], []
+    histories: dict[int, list[Switch]] = {}
+    segment_size = None
+    for info in repo.storage.list(wal_prefix(cluster)):
+        if info.key == _archive_info_key(cluster):
+            segment_size = repo.get_json(info.key)["segment_size"]
+            continue
+        if info.key.endswith(".history.json"):
+            doc = repo.get_json(info.key)
+            histories[doc["timeline"]] = [Switch(*s) for s in doc["switches"]]
+            continue
+        parsed = _parse_key(info.key)
+        if not parsed:
+            continue
+        name, digest = parsed
+        try:
+            kind = wal_file_kind(name)
+        except ValueError:
+            continue
+        obj = WalObject(name, kind, info.key, digest, info.size, info.mtime)
+        if kind == "segment":
+            segments.append(obj)
+        elif kind != "history":
+            other.append(obj)
+    return ArchiveListing(segments, histories, other, segment_size)
+
+
+def pgbackup_executable() -> str:
+    """The ``pgbackup`` script of this installation (beside the running interpreter)."""
+    beside = Path(sys.executable).parent / "pgbackup"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("pgbackup")
+    if not found:
+        raise PgBackupError("the pgbackup command is not installed (pip install pg-backup-assets)")
+    return found
+
+
+def archive_command(config_path: str | os.PathLike[str], cluster: str | None = None) -> str:
+    """The ``archive_command`` setting that archives through ``pgbackup wal-push``."""
+    return _command(config_path, cluster, "wal-push %p")
+
+
+def archiving_settings(
+    config_path: str | os.PathLike[str], cluster: str | None = None
+) -> dict[str, str]:
+    """postgresql.conf settings that archive every WAL file through ``pgbackup wal-push``."""
+    return {
+        "archive_mode": "on",
+        "archive_command": quote_setting(archive_command(config_path, cluster)),
+    }
+
+
+def quote_setting(value: str) -> str:
+    """A string as a postgresql.conf value."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def restore_command(config_path: str | os.PathLike[str], cluster: str | None = None) -> str:
+    """The ``restore_command`` setting that restores through ``pgbackup wal-fetch``."""
+    return _command(config_path, cluster, "wal-fetch %f %p")
+
+
+def _command(config_path: str | os.PathLike[str], cluster: str | None, tail: str) -> str:
+    parts = [pgbackup_executable(), "--config", str(Path(config_path).resolve())]
+    if cluster:
+        parts += ["--cluster", cluster]
+    return " ".join(shlex.quote(p) for p in parts) + " " + tail

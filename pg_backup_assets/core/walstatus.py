@@ -1,0 +1,129 @@
+"""Is the WAL archive complete and current? The engine behind the WAL sensor and checks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from pg_backup_assets.core.config import ClusterConfig
+from pg_backup_assets.core.errors import PgBackupError
+from pg_backup_assets.core.pg import ArchiverFacts, archiver_facts
+from pg_backup_assets.core.repository import Repository
+from pg_backup_assets.core.wal import GapReport, find_gaps, parse_segment
+from pg_backup_assets.core.walarchive import ArchiveListing, list_archive
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class ArchiveStatus:
+    cluster: str
+    listing: ArchiveListing
+    gaps: GapReport | None  # None when the segment size is unknown
+    server: ArchiverFacts | None
+    server_error: str | None
+    segment_size: int | None
+    newest_age_s: float | None  # seconds since the newest segment landed
+    pending_segments: int | None  # completed on the server, not yet archived
+    contiguous: Verdict
+    fresh: Verdict
+
+
+def inspect_archive(
+    repo: Repository,
+    cluster: ClusterConfig,
+    start_lsn: int | None = None,
+    now: float | None = None,
+) -> ArchiveStatus:
+    """Look at the archive and the server; judge contiguity and freshness.
+
+    ``start_lsn``: where the oldest retained base backup starts (the archive must be
+    complete from there). The segment size comes from the server, or, when it cannot be
+    reached, from what wal-push recorded.
+    """
+    listing = list_archive(repo, cluster.name)
+    server, server_error = None, None
+    try:
+        server = archiver_facts(cluster.dsn)
+    except PgBackupError as exc:
+        server_error = str(exc)
+    segment_size = server.segment_size if server else listing.segment_size
+    now = server.now if server else (now or time.time())
+
+    gaps = None
+    if segment_size:
+        gaps = find_gaps(
+            (o.name for o in listing.segments), listing.histories, segment_size, start_lsn
+        )
+        contiguous = Verdict(gaps.contiguous, gaps.describe())
+    else:
+        contiguous = Verdict(
+            False,
+            "cannot check: the server is unreachable and its segment size unknown "
+            f"({server_error})",
+        )
+
+    newest = listing.newest_segment
+    newest_age = now - newest.mtime if newest else None
+    pending = None
+    if server and server.current_wal and segment_size:
+        current = parse_segment(server.current_wal, segment_size).segno
+        archived = parse_segment(newest.name, segment_size).segno if newest else None
+        # The segment being written cannot be archived yet; everything before it can.
+        pending = current - (archived + 1) if archived is not None else current
+        pending = max(pending, 0)
+    fresh = _freshness(cluster, server, server_error, newest_age, pending)
+    return ArchiveStatus(
+        cluster=cluster.name,
+        listing=listing,
+        gaps=gaps,
+        server=server,
+        server_error=server_error,
+        segment_size=segment_size,
+        newest_age_s=newest_age,
+        pending_segments=pending,
+        contiguous=contiguous,
+        fresh=fresh,
+    )
+
+
+def _freshness(
+    cluster: ClusterConfig,
+    server: ArchiverFacts | None,
+    server_error: str | None,
+    newest_age: float | None,
+    pending: int | None,
+) -> Verdict:
+    rpo = cluster.rpo_seconds
+    if server is None:
+        return Verdict(False, f"cannot tell whether archiving keeps up: {server_error}")
+    if server.archive_mode == "off":
+        return Verdict(False, "archive_mode is off on the server: nothing is being archived")
+    failing = ""
+    if server.failed_count and (server.last_failed_time or 0) > (server.last_archived_time or 0):
+        failing = (
+            f"; archive_command is failing (pg_stat_archiver: {server.failed_count} failures, "
+            f"last on {server.last_failed_wal})"
+        )
+    if server.in_recovery:
+        return Verdict(True, "the server is a standby; the primary's archive is what counts")
+    if not pending:
+        age = f"{newest_age:.0f}s ago" if newest_age is not None else "never (none completed yet)"
+        return Verdict(True, f"every completed segment is archived; newest landed {age}{failing}")
+    if newest_age is None or newest_age > rpo:
+        age = (
+            "nothing archived yet" if newest_age is None else f"newest landed {newest_age:.0f}s ago"
+        )
+        return Verdict(
+            False,
+            f"archiving is stale: {pending} completed segments not archived, {age}, "
+            f"rpo_seconds is {rpo}{failing}",
+        )
+    return Verdict(
+        True,
+        f"{pending} segments waiting, newest landed {newest_age:.0f}s ago (rpo {rpo}s){failing}",
+    )

@@ -1,0 +1,33 @@
+from collections.abc import Iterator
+
+import dagster as dg
+
+from pg_backup_assets.core.walstatus import inspect_archive
+from pg_backup_assets.defs.check_names import WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH
+from pg_backup_assets.defs.resources import PgBackupResource
+from pg_backup_assets.defs.wal.assets import check_verdicts, wal_archive_key
+
+
+def build_wal_archive_checks(cluster: str) -> dg.AssetChecksDefinition:
+    key = wal_archive_key(cluster)
+
+    @dg.multi_asset_check(
+        name=f"{cluster}_wal_archive_checks",
+        specs=[
+            dg.AssetCheckSpec(WAL_ARCHIVE_CONTIGUOUS, asset=key),
+            dg.AssetCheckSpec(WAL_ARCHIVE_FRESH, asset=key),
+        ],
+    )
+    def wal_archive_checks(pgbackup: PgBackupResource) -> Iterator[dg.AssetCheckResult]:
+        """No segment missing since the oldest backup's start; newest WAL younger than the RPO."""
+        status = inspect_archive(pgbackup.repository(), pgbackup.config().cluster(cluster))
+        for name, passed, description, metadata in check_verdicts(status):
+            yield dg.AssetCheckResult(
+                asset_key=key,
+                check_name=name,
+                passed=passed,
+                description=description,
+                metadata=metadata,
+            )
+
+    return wal_archive_checks

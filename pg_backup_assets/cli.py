@@ -34,6 +34,27 @@ def _parser() -> argparse.ArgumentParser:
         "--no-owner", action="store_true", help="do not restore object ownership (pg_restore -O)"
     )
 
+    rs = sub.add_parser("restore", help="restore a base backup, to a point in time")
+    rs.add_argument("--to", required=True, metavar="DIR", help="new data directory")
+    targets = rs.add_mutually_exclusive_group()
+    targets.add_argument("--target-time", metavar="T", help="ISO 8601 time with zone")
+    targets.add_argument("--target-lsn", metavar="L", help="e.g. 0/3000060")
+    targets.add_argument("--target-xid", metavar="X", help="transaction id")
+    targets.add_argument("--target-name", metavar="N", help="restore point name")
+    rs.add_argument(
+        "--source",
+        choices=["local"],
+        default="local",
+        help="where to restore from (the offsite store arrives with offsite copies)",
+    )
+    rs.add_argument(
+        "--start", action="store_true", help="start the server and replay to the target"
+    )
+    rs.add_argument("--force", action="store_true", help="empty a non-empty --to folder first")
+
+    rp = sub.add_parser("restore-point", help="create a named restore point on the cluster")
+    rp.add_argument("name")
+
     push = sub.add_parser(
         "wal-push", help="archive one WAL file (archive_command = 'pgbackup ... wal-push %%p')"
     )
@@ -99,12 +120,63 @@ def _cmd_restore_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pg_backup_assets.core.config import load_config
+    from pg_backup_assets.core.repository import Repository
+    from pg_backup_assets.core.restore import Target, restore
+
+    config = load_config(args.config)
+    cluster = config.cluster(args.cluster)
+    kind = next(
+        (k for k in ("time", "lsn", "xid", "name") if getattr(args, f"target_{k}") is not None),
+        None,
+    )
+    target = Target.parse(kind, getattr(args, f"target_{kind}") if kind else None)
+    result = restore(
+        Repository.from_config(config),
+        cluster,
+        config.source,
+        Path(args.to),
+        target,
+        start=args.start,
+        force=args.force,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(f"restored {result.backup.label} into {result.data_dir}")
+    print(f"  fetch + extract   {result.fetch_extract_s:.1f}s")
+    if result.server:
+        print(f"  replay            {result.replay_s:.1f}s")
+        print(f"  reached           {result.reached_lsn} ({result.stop_reason or 'end of WAL'})")
+        print(f"  last transaction  {result.reached_time or 'n/a'}")
+        print(f"  server            {result.server.dsn()}  (archiving is off on it)")
+        print(f"  stop it with      pg_ctl -D {result.data_dir} stop")
+    else:
+        print(f"  start it with     pg_ctl -D {result.data_dir} start  (it recovers to the target)")
+    return 0
+
+
+def _cmd_restore_point(args: argparse.Namespace) -> int:
+    from pg_backup_assets.core.basebackup import create_restore_point
+    from pg_backup_assets.core.config import load_config
+    from pg_backup_assets.core.repository import Repository
+    from pg_backup_assets.core.wal import format_lsn
+
+    config = load_config(args.config)
+    point = create_restore_point(
+        Repository.from_config(config), config.cluster(args.cluster), args.name
+    )
+    print(f"restore point {point.name} at {format_lsn(point.lsn)} (timeline {point.timeline})")
+    return 0
+
+
 def _lean_repository(args: argparse.Namespace):  # noqa: ANN202
     # wal-push/wal-fetch: only the modules they need (no psycopg, dagster or boto3).
     from pg_backup_assets.core.config import load_config
     from pg_backup_assets.core.repository import Repository
 
-    config = load_config(args.config)
+    config = load_config(args.config, need_dsn_secrets=False)
     return Repository.from_config(config), config.cluster(args.cluster).name
 
 
@@ -148,6 +220,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for d in c["dumps"]:
             print(f"    {d['date']}  {d['database']:<24} {d['size_bytes']:>14,} bytes")
         print(f"  base backups: {len(c['base_backups'])}")
+        for b in c["base_backups"]:
+            state = "verified" if b["verified"] else "NOT verified"
+            print(
+                f"    {b['label']}  {b['start_lsn']}..{b['stop_lsn']} tl {b['timeline']}  "
+                f"{b['size_bytes']:>14,} bytes  {b['tier']}  {state}"
+            )
         wal = c["wal"]
         span = f" ({wal['first']} .. {wal['last']})" if wal["first"] else ""
         print(f"  WAL segments archived: {wal['count']}{span}")
@@ -160,6 +238,8 @@ _COMMANDS = {
     "demo": _cmd_demo,
     "restore-dump": _cmd_restore_dump,
     "info": _cmd_info,
+    "restore": _cmd_restore,
+    "restore-point": _cmd_restore_point,
     "wal-push": _cmd_wal_push,
     "wal-fetch": _cmd_wal_fetch,
 }

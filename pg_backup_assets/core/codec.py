@@ -7,6 +7,7 @@ held whole in memory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,12 +103,33 @@ def _copy(src, dst) -> None:  # noqa: ANN001 - file-likes
         dst.write(chunk)
 
 
-def encode(src: BinaryIO, dst: BinaryIO, codec: Codec, progress: Progress | None = None) -> Encoded:
-    """Compress (and encrypt) ``src`` into ``dst``; return sizes and checksums."""
+def encode(
+    src: BinaryIO,
+    dst: BinaryIO,
+    codec: Codec,
+    progress: Progress | None = None,
+    precompressed: bool = False,
+) -> Encoded:
+    """Compress (and encrypt) ``src`` into ``dst``; return sizes and checksums.
+
+    ``precompressed``: ``src`` is already a zstd stream (server-side compression); it is
+    only encrypted, and the stored form is the same ``age(zstd(raw))``. Its "raw" size and
+    sha256 are then those of the zstd stream.
+    """
     raw = _HashingReader(src, progress)
     out = _HashingWriter(dst)
-    cctx = zstandard.ZstdCompressor(level=codec.level, threads=codec.threads, write_checksum=True)
-    with cctx.stream_reader(raw, read_size=CHUNK, closefd=False) as compressed:
+    with contextlib.ExitStack() as stack:
+        if precompressed:
+            compressed = raw
+        else:
+            cctx = zstandard.ZstdCompressor(
+                level=codec.level,
+                threads=codec.threads,
+                write_checksum=True,
+            )
+            compressed = stack.enter_context(
+                cctx.stream_reader(raw, read_size=CHUNK, closefd=False)
+            )
         if codec.recipients:
             pyrage.encrypt_io(compressed, out, _recipients(codec.recipients))
         else:

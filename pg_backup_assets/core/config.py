@@ -105,8 +105,15 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(value)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read, expand and validate the config file."""
+def load_config(
+    path: str | os.PathLike[str] | None = None, need_dsn_secrets: bool = True
+) -> Config:
+    """Read, expand and validate the config file.
+
+    ``need_dsn_secrets=False`` (wal-push, wal-fetch): a ``${VAR}`` in a cluster's DSN that
+    is not set is left as it is, since archive_command never connects to the server and
+    must not fail for a password it does not use.
+    """
     source = config_path(path)
     try:
         text = source.read_text()
@@ -118,10 +125,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {source} is not valid YAML{where}") from None
-    return parse_config(raw, source=source.resolve())
+    return parse_config(raw, source=source.resolve(), need_dsn_secrets=need_dsn_secrets)
 
 
-def parse_config(raw: Any, source: Path | None = None) -> Config:
+def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = True) -> Config:
     """Validate an already-parsed YAML document."""
     top = _mapping(raw, "(top level)")
     _only(
@@ -136,7 +143,9 @@ def parse_config(raw: Any, source: Path | None = None) -> Config:
     clusters_raw = _mapping(top["clusters"], "clusters")
     if not clusters_raw:
         raise ConfigError("config key 'clusters': list at least one cluster")
-    clusters = {name: _cluster(name, value) for name, value in clusters_raw.items()}
+    clusters = {
+        name: _cluster(name, value, need_dsn_secrets) for name, value in clusters_raw.items()
+    }
 
     offsite = _offsite(top["offsite"], base) if top.get("offsite") is not None else None
     encryption = _encryption(top["encryption"], base) if top.get("encryption") is not None else None
@@ -164,7 +173,7 @@ def parse_config(raw: Any, source: Path | None = None) -> Config:
     )
 
 
-def _cluster(name: Any, value: Any) -> ClusterConfig:
+def _cluster(name: Any, value: Any, need_dsn_secrets: bool = True) -> ClusterConfig:
     key = f"clusters.{name}"
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(
@@ -178,7 +187,7 @@ def _cluster(name: Any, value: Any) -> ClusterConfig:
         required={"dsn"},
         optional={"databases", "rpo_seconds", "rto_seconds"},
     )
-    dsn = _str(body["dsn"], f"{key}.dsn", secret=True)
+    dsn = _str(body["dsn"], f"{key}.dsn", secret=True, strict=need_dsn_secrets)
     databases = None
     if body.get("databases") is not None:
         dbs = body["databases"]
@@ -263,10 +272,12 @@ def _retention(value: Any) -> Retention:
     return Retention(**out)
 
 
-def _expand(value: str, key: str) -> str:
+def _expand(value: str, key: str, strict: bool = True) -> str:
     def sub(m: re.Match[str]) -> str:
         var = m.group(1)
         if var not in os.environ:
+            if not strict:
+                return m.group(0)
             raise ConfigError(f"config key {key!r}: environment variable {var} is not set")
         return os.environ[var]
 
@@ -295,11 +306,11 @@ def _only(
             raise ConfigError(f"missing required config key '{prefix}{k}'")
 
 
-def _str(value: Any, key: str, secret: bool = False) -> str:
+def _str(value: Any, key: str, secret: bool = False, strict: bool = True) -> str:
     if not isinstance(value, str) or not value.strip():
         shown = "a secret" if secret else _kind(value)
         raise ConfigError(f"config key {key!r}: expected a non-empty string, got {shown}")
-    return _expand(value, key)
+    return _expand(value, key, strict)
 
 
 def _opt_str(value: Any, key: str) -> str | None:

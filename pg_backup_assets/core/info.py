@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from pg_backup_assets.core.basebackup import BaseBackup, list_base_backups, verification
 from pg_backup_assets.core.dumps import GLOBALS, list_dump_sets
 from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.wal import find_gaps
+from pg_backup_assets.core.wal import find_gaps, format_lsn
 from pg_backup_assets.core.walarchive import list_archive
 
 
@@ -28,8 +30,7 @@ def repository_info(repo: Repository, clusters: Sequence[str]) -> dict[str, Any]
             if o.database != GLOBALS
         ]
         out["clusters"][name] = {
-            # Physical base backups are not built yet: nothing to list.
-            "base_backups": [],
+            "base_backups": [_backup_info(repo, b) for b in list_base_backups(repo, name)],
             "dumps": dumps,
             "wal": _wal_info(repo, name),
         }
@@ -54,3 +55,26 @@ def _wal_info(repo: Repository, cluster: str) -> dict[str, Any]:
         if gaps.missing_history:
             wal["missing_history"] = gaps.missing_history
     return wal
+
+
+def _backup_info(repo: Repository, backup: BaseBackup) -> dict[str, Any]:
+    checked = verification(repo, backup)
+    return {
+        "label": backup.label,
+        "date": backup.date,
+        "start_lsn": format_lsn(backup.start_lsn),
+        "stop_lsn": format_lsn(backup.stop_lsn),
+        "timeline": backup.timeline,
+        "start_time": _iso(backup.start_time),
+        "stop_time": _iso(backup.stop_time),
+        "size_bytes": backup.size_bytes,
+        "tier": backup.tier,
+        "verified": bool(checked and checked["ok"]),
+        "verified_at": _iso(checked["verified_at"]) if checked else None,
+        "pg_version": backup.pg_version,
+        "system_identifier": backup.system_identifier,
+    }
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()

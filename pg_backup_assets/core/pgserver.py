@@ -91,9 +91,15 @@ def as_server_user(
 class LocalCluster:
     """A PostgreSQL cluster in ``base`` (data/, sock/, server.log) listening on loopback."""
 
-    def __init__(self, base: str | os.PathLike[str], major: int = 15, port: int | None = None):
+    def __init__(
+        self,
+        base: str | os.PathLike[str],
+        major: int = 15,
+        port: int | None = None,
+        data: str | os.PathLike[str] | None = None,
+    ):
         self.base = Path(base)
-        self.data = self.base / "data"
+        self.data = Path(data) if data else self.base / "data"
         self.sockdir = self.base / "sock"
         self.logfile = self.base / "server.log"
         self.bindir = bindir(major)
@@ -138,6 +144,12 @@ class LocalCluster:
         self.base.chmod(0o755)
         hand_over(self.base)
         hand_over(self.sockdir)
+        if self.logfile.exists():
+            hand_over(self.logfile)
+
+    def readable_by_server(self, path: Path) -> bool:
+        """Can the server's OS account read ``path`` (e.g. restore_command's config)?"""
+        return as_server_user(["test", "-r", str(path)], check=False).returncode == 0
 
     def configure(self, settings: Mapping[str, str]) -> None:
         """Append settings to postgresql.conf (later lines win); takes effect at (re)start."""

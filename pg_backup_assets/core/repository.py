@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -74,11 +76,17 @@ class Repository:
         return self.storage.describe()
 
     # -- objects ---------------------------------------------------------------------------
-    def put_stream(self, key: str, src: BinaryIO, progress: Progress | None = None) -> ObjectRecord:
+    def put_stream(
+        self,
+        key: str,
+        src: BinaryIO,
+        progress: Progress | None = None,
+        precompressed: bool = False,
+    ) -> ObjectRecord:
         """Encode ``src`` into a new object ``key`` (the codec suffix is appended)."""
         key = key + self.codec.suffix
         with self.storage.writer(key) as f:
-            enc = encode(src, f, self.codec, progress)
+            enc = encode(src, f, self.codec, progress, precompressed)
         return ObjectRecord(
             key=key,
             raw_bytes=enc.raw_bytes,
@@ -150,6 +158,19 @@ class Repository:
                 yield info.key, self.get_json(info.key)
 
     @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A scratch folder near the repository (same filesystem when it is local)."""
+        root = getattr(self.storage, "root", None)
+        base = Path(root) / ".staging" if root else None
+        if base:
+            base.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix="pgbackup-", dir=base))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    @contextlib.contextmanager
     def new_set(self, prefix: str) -> Iterator[_SetWriter]:
         """Write the objects of one backup set; on failure they are removed again."""
         writer = _SetWriter(self, prefix)
@@ -167,9 +188,13 @@ class _SetWriter:
         self.records: list[ObjectRecord] = []
 
     def put_stream(
-        self, name: str, src: BinaryIO, progress: Progress | None = None
+        self,
+        name: str,
+        src: BinaryIO,
+        progress: Progress | None = None,
+        precompressed: bool = False,
     ) -> ObjectRecord:
-        record = self.repo.put_stream(f"{self.prefix}/{name}", src, progress)
+        record = self.repo.put_stream(f"{self.prefix}/{name}", src, progress, precompressed)
         self.records.append(record)
         return record
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -29,8 +29,14 @@ class ObjectInfo:
 class Storage(Protocol):
     """What the repository needs from a place that stores objects under string keys."""
 
-    def writer(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
-        """A file to write ``key`` into; the object appears only when the block exits cleanly."""
+    def writer(
+        self, key: str, final_key: Callable[[], str] | None = None
+    ) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A file to write ``key`` into; the object appears only when the block exits cleanly.
+
+        ``final_key``: for content-addressed objects, called once the content is written to
+        name the object instead of ``key`` (same folder).
+        """
 
     def open(self, key: str) -> BinaryIO:
         """Read an object; raises NotFoundError when it does not exist."""
@@ -80,7 +86,7 @@ class LocalStorage:
         return self.root / _check_key(key)
 
     @contextlib.contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
+    def writer(self, key: str, final_key: Callable[[], str] | None = None) -> Iterator[BinaryIO]:
         final = self.path(key)
         tmp = final.with_name(f"{final.name}{self.TMP_MARK}{uuid.uuid4().hex[:12]}")
         try:
@@ -97,6 +103,10 @@ class LocalStorage:
             f.flush()
             os.fsync(f.fileno())
             f.close()
+            if final_key is not None:
+                final = self.path(final_key())
+                if final.parent != tmp.parent:
+                    raise PgBackupError(f"{final_key()} is not in the folder of {key}")
             os.replace(tmp, final)
             fsync_dir(final.parent)
         except BaseException:
@@ -118,7 +128,9 @@ class LocalStorage:
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root / folder if folder else self.root
         out = []
-        for dirpath, _dirs, files in os.walk(start):
+        for dirpath, dirs, files in os.walk(start):
+            if start == self.root:
+                dirs[:] = [d for d in dirs if not d.startswith(".")]  # .staging etc.
             for name in files:
                 if self.TMP_MARK in name:
                     continue

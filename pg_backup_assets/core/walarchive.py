@@ -18,18 +18,18 @@ the decoded file end to end.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shlex
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from pg_backup_assets.core.codec import decode, encode
+from pg_backup_assets.core.codec import decode, encode, sha256_of
 from pg_backup_assets.core.errors import IntegrityError, NotFoundError, PgBackupError
 from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.storage import CHUNK, fsync_dir
+from pg_backup_assets.core.storage import fsync_dir
 from pg_backup_assets.core.wal import Switch, parse_history, wal_file_kind
 
 
@@ -68,14 +68,11 @@ def _parse_key(key: str) -> tuple[str, str] | None:
     return name, digest
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
+def _open_source(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise PgBackupError(f"wal-push: cannot read {path}: {exc.strerror}") from None
 
 
 def find(repo: Repository, cluster: str, name: str) -> list[WalObject]:
@@ -102,28 +99,34 @@ def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> str:
         kind = wal_file_kind(name)
     except ValueError as exc:
         raise PgBackupError(f"wal-push: {exc}") from None
-    try:
-        digest, size = _sha256_file(src)
-    except OSError as exc:
-        raise PgBackupError(f"wal-push: cannot read {src}: {exc.strerror}") from None
     existing = find(repo, cluster, name)
-    if any(o.raw_sha256 == digest for o in existing):
-        if kind == "history":
-            _write_history_switches(repo, cluster, name, src)
-        return "already archived"
     if existing:
+        # A retry (PostgreSQL re-runs archive_command after a crash) or a conflict.
+        with _open_source(src) as f:
+            digest, _ = sha256_of(f)
+        if any(o.raw_sha256 == digest for o in existing):
+            if kind == "history":
+                _write_history_switches(repo, cluster, name, src)
+            return "already archived"
         raise ArchiveConflictError(
             f"wal-push: {name} is already archived in {repo.describe()} with different content "
             f"(archived sha256 {existing[0].raw_sha256}, this file {digest}); the archived "
             "copy is kept. Another cluster may be archiving into this repository: give each "
             "cluster its own name in the config"
         )
-    key = f"{_folder(cluster, name, kind)}{name}-{digest}{repo.codec.suffix}"
-    with open(src, "rb") as f, repo.storage.writer(key) as out:
-        enc = encode(f, out, repo.codec)
-    if enc.raw_sha256 != digest or enc.raw_bytes != size:
-        repo.storage.delete(key)
-        raise PgBackupError(f"wal-push: {src} changed while it was being archived; retry")
+    # One pass: compress, encrypt and hash together, then name the object after the hash.
+    folder = _folder(cluster, name, kind)
+    suffix = repo.codec.suffix
+    encoded: list = []
+    with (
+        _open_source(src) as f,
+        repo.storage.writer(
+            f"{folder}{name}.incoming{suffix}",
+            final_key=lambda: f"{folder}{name}-{encoded[0].raw_sha256}{suffix}",
+        ) as out,
+    ):
+        encoded.append(encode(f, out, repo.codec))
+    size = encoded[0].raw_bytes
     if kind == "history":
         _write_history_switches(repo, cluster, name, src)
     elif kind == "segment" and not repo.storage.exists(_archive_info_key(cluster)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from pg_backup_assets.core.basebackup import list_base_backups
 from pg_backup_assets.core.config import ClusterConfig
 from pg_backup_assets.core.errors import PgBackupError
 from pg_backup_assets.core.pg import ArchiverFacts, archiver_facts
@@ -34,18 +35,17 @@ class ArchiveStatus:
 
 
 def inspect_archive(
-    repo: Repository,
-    cluster: ClusterConfig,
-    start_lsn: int | None = None,
-    now: float | None = None,
+    repo: Repository, cluster: ClusterConfig, now: float | None = None
 ) -> ArchiveStatus:
     """Look at the archive and the server; judge contiguity and freshness.
 
-    ``start_lsn``: where the oldest retained base backup starts (the archive must be
-    complete from there). The segment size comes from the server, or, when it cannot be
-    reached, from what wal-push recorded.
+    The archive must be complete from the start of the oldest retained base backup (or
+    its oldest segment when there is none). The segment size comes from the server, or,
+    when it cannot be reached, from what wal-push recorded.
     """
     listing = list_archive(repo, cluster.name)
+    backups = list_base_backups(repo, cluster.name)
+    start_lsn = backups[0].start_lsn if backups else None
     server, server_error = None, None
     try:
         server = archiver_facts(cluster.dsn)

@@ -24,11 +24,19 @@ def _repo(config_path) -> Repository:
     return Repository.from_config(load_config(config_path))
 
 
+DUMP_KEY = dg.AssetKey(["main", "logical_dump"])
+
+
 def _materialize(config_path, day=DAY, selection=None):
     defs = build_defs(str(config_path))
+    if selection is None:
+        selection = dg.AssetSelection.assets(DUMP_KEY) | dg.AssetSelection.checks_for_assets(
+            DUMP_KEY
+        )
     # A checks-only run has no asset to take the partitions from: Dagster 1.13 then wants
     # the partition as a run tag (as the UI sets it) rather than partition_key.
-    partition = {"tags": {"dagster/partition": day}} if selection else {"partition_key": day}
+    checks_only = not selection.resolve(defs.resolve_asset_graph())
+    partition = {"tags": {"dagster/partition": day}} if checks_only else {"partition_key": day}
     return dg.materialize(
         [*defs.assets, *defs.asset_checks],
         resources=defs.resources,

@@ -171,3 +171,13 @@ def test_passwords_are_redacted_and_kept_out_of_argv():
     conninfo, env = split_dsn(dsn)
     assert "hunter2" not in conninfo
     assert env == {"PGPASSWORD": "hunter2"}
+
+
+def test_archive_commands_do_not_need_dsn_secrets(monkeypatch, tmp_path):
+    monkeypatch.delenv("PGB_UNSET_VAR", raising=False)
+    path = tmp_path / "c.yaml"
+    path.write_text("repository: r\nclusters: {main: {dsn: 'password=${PGB_UNSET_VAR}'}}\n")
+    with pytest.raises(ConfigError, match="PGB_UNSET_VAR"):
+        load_config(path)
+    config = load_config(path, need_dsn_secrets=False)
+    assert config.cluster("main").dsn == "password=${PGB_UNSET_VAR}"

@@ -1,7 +1,7 @@
 import pytest
 
-from pg_backup_assets.core.dumps import size_anomaly
 from pg_backup_assets.core.errors import NotFoundError, PgBackupError
+from pg_backup_assets.core.sizes import daily_history, size_anomaly
 from pg_backup_assets.core.storage import LocalStorage
 
 
@@ -55,3 +55,8 @@ def test_size_anomaly_thresholds():
     )
     assert size_anomaly(100, []).ok  # first backup: nothing to compare
     assert size_anomaly(1000, history).median_bytes == 100
+
+
+def test_daily_history_keeps_the_newest_per_day_before_the_partition():
+    items = [("2026-11-20", 10), ("2026-11-20", 12), ("2026-11-21", 30), ("2026-11-22", 99)]
+    assert daily_history(items, before="2026-11-22") == [12, 30]

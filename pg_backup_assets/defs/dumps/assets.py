@@ -1,9 +1,11 @@
 import dagster as dg
 
 from pg_backup_assets.core import dumps
+from pg_backup_assets.core.sizes import daily_history
 from pg_backup_assets.defs.check_names import SIZE_ANOMALY
 from pg_backup_assets.defs.partitions import daily
 from pg_backup_assets.defs.resources import HEAVY_POOL, PgBackupResource
+from pg_backup_assets.defs.sizes import size_anomaly_result
 
 
 def build_logical_dump(cluster: str) -> dg.AssetsDefinition:
@@ -23,15 +25,13 @@ def build_logical_dump(cluster: str) -> dg.AssetsDefinition:
         """pg_dump -Fc of each database plus the globals, zstd-compressed into the repository."""
         config = pgbackup.config()
         repo = pgbackup.repository()
-        history = [
-            s.size_bytes
-            for s in _latest_per_day(dumps.list_dump_sets(repo, cluster))
-            if s.date < context.partition_key
-        ]
+        history = daily_history(
+            [(s.date, s.size_bytes) for s in dumps.list_dump_sets(repo, cluster)],
+            before=context.partition_key,
+        )
         dump_set = dumps.take_dump_set(
             repo, config.cluster(cluster), context.partition_key, log=context.log.info
         )
-        size = dumps.size_anomaly(dump_set.size_bytes, history)
         metadata: dict[str, object] = {
             "size_bytes": dump_set.size_bytes,
             "raw_bytes": dump_set.raw_bytes,
@@ -51,25 +51,7 @@ def build_logical_dump(cluster: str) -> dg.AssetsDefinition:
             metadata[f"size_bytes.{o.database}"] = o.record.stored_bytes
         return dg.MaterializeResult(
             metadata=metadata,
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name=SIZE_ANOMALY,
-                    passed=size.ok,
-                    severity=dg.AssetCheckSeverity.WARN,
-                    description=size.message,
-                    metadata={
-                        "size_bytes": dump_set.size_bytes,
-                        "median_bytes": size.median_bytes or 0,
-                    },
-                )
-            ],
+            check_results=[size_anomaly_result(dump_set.size_bytes, history)],
         )
 
     return logical_dump
-
-
-def _latest_per_day(sets: list[dumps.DumpSet]) -> list[dumps.DumpSet]:
-    by_day: dict[str, dumps.DumpSet] = {}
-    for s in sets:  # oldest first, so the last one of a day wins
-        by_day[s.date] = s
-    return [by_day[d] for d in sorted(by_day)]

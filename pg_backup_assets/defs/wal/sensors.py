@@ -3,6 +3,8 @@ from collections.abc import Sequence
 import dagster as dg
 
 from pg_backup_assets.core.walstatus import inspect_archive
+from pg_backup_assets.defs.base.assets import base_backup_key
+from pg_backup_assets.defs.partitions import daily
 from pg_backup_assets.defs.resources import PgBackupResource
 from pg_backup_assets.defs.wal.assets import check_verdicts, observation_metadata, wal_archive_key
 
@@ -23,8 +25,21 @@ def build_wal_archive_sensor(clusters: Sequence[str], interval_s: int) -> dg.Sen
         config = pgbackup.config()
         repo = pgbackup.repository()
         events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = []
+        requests: list[dg.RunRequest] = []
         for cluster in clusters:
             status = inspect_archive(repo, config.cluster(cluster))
+            if status.gaps and status.gaps.missing:
+                # A gap cuts point-in-time recovery across it: a fresh base backup makes the
+                # time after the gap restorable again. The run key makes it happen once per gap.
+                first_missing = status.gaps.missing[0][0]
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"{cluster}:wal-gap:{first_missing}",
+                        asset_selection=[base_backup_key(cluster)],
+                        partition_key=daily.get_last_partition_key(),
+                        tags={"pgbackup/reason": f"WAL gap at {first_missing}"},
+                    )
+                )
             key = wal_archive_key(cluster)
             events.append(dg.AssetObservation(asset_key=key, metadata=observation_metadata(status)))
             for name, passed, description, metadata in check_verdicts(status):
@@ -39,6 +54,6 @@ def build_wal_archive_sensor(clusters: Sequence[str], interval_s: int) -> dg.Sen
                 )
                 if not passed:
                     context.log.warning(f"{cluster}: {name} failed: {description}")
-        return dg.SensorResult(asset_events=events)
+        return dg.SensorResult(asset_events=events, run_requests=requests)
 
     return wal_archive_sensor

@@ -1,0 +1,361 @@
+"""Point-in-time restore: pick the base backup for a target, extract it, write the
+recovery settings, and (with ``start``) run the server until the target is reached."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pyrage
+
+from pg_backup_assets.core.basebackup import BaseBackup, find_restore_point, list_base_backups
+from pg_backup_assets.core.config import ClusterConfig
+from pg_backup_assets.core.dumps import Log
+from pg_backup_assets.core.errors import CommandError, NotFoundError, PgBackupError
+from pg_backup_assets.core.pgserver import LocalCluster, hand_over_tree
+from pg_backup_assets.core.repository import Repository
+from pg_backup_assets.core.wal import Segment, find_gaps, format_lsn, parse_lsn
+from pg_backup_assets.core.walarchive import list_archive, quote_setting, restore_command
+
+TARGET_KINDS = ("time", "lsn", "xid", "name")
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # time / lsn / xid / name / latest
+    value: str = ""
+
+    @classmethod
+    def parse(cls, kind: str | None, value: str | None) -> Target:
+        if kind is None:
+            return cls("latest")
+        if kind == "time":
+            parse_time(value or "")
+        elif kind == "lsn":
+            try:
+                parse_lsn(value or "")
+            except ValueError as exc:
+                raise PgBackupError(f"--target-lsn: {exc}") from None
+        elif kind == "xid" and not (value or "").isdigit():
+            raise PgBackupError(f"--target-xid {value!r}: expected a transaction id number")
+        elif kind == "name" and not value:
+            raise PgBackupError("--target-name needs a restore point name")
+        elif kind not in TARGET_KINDS:
+            raise PgBackupError(f"unknown recovery target kind {kind!r}")
+        return cls(kind, value or "")
+
+    def describe(self) -> str:
+        return "the end of the archive" if self.kind == "latest" else f"{self.kind} {self.value}"
+
+    def settings(self) -> dict[str, str]:
+        if self.kind == "latest":
+            return {}
+        value = self.value
+        if self.kind == "time":
+            value = parse_time(value).isoformat(sep=" ")
+        return {f"recovery_target_{self.kind}": quote_setting(value)}
+
+
+def parse_time(value: str) -> dt.datetime:
+    try:
+        t = dt.datetime.fromisoformat(value.strip().replace(" UTC", "+00:00"))
+    except ValueError:
+        raise PgBackupError(
+            f"--target-time {value!r}: expected an ISO 8601 time such as 2026-11-26T14:30:00Z"
+        ) from None
+    if t.tzinfo is None:
+        raise PgBackupError(
+            f"--target-time {value!r} has no time zone; add one (e.g. {value}Z for UTC or "
+            f"{value}+01:00) so that the restore cannot land an hour off"
+        )
+    return t
+
+
+def choose_backup(
+    backups: list[BaseBackup], target: Target, target_lsn: int | None = None
+) -> BaseBackup:
+    """The newest backup that finished before ``target`` (``backups`` oldest first)."""
+    if not backups:
+        raise NotFoundError("there is no base backup to restore from")
+    if target.kind == "latest" or (target.kind == "name" and target_lsn is None):
+        # A restore point we did not record: the oldest backup replays the most WAL.
+        return backups[-1] if target.kind == "latest" else backups[0]
+    if target.kind == "time":
+        when = parse_time(target.value).timestamp()
+        ok = [b for b in backups if b.stop_time <= when]
+        oldest = dt.datetime.fromtimestamp(backups[0].stop_time, dt.UTC).isoformat()
+        why = f"the oldest restorable time is {oldest} (the end of backup {backups[0].label})"
+    elif target.kind == "xid":
+        xid = int(target.value)
+        ok = [b for b in backups if b.next_xid <= xid]
+        why = (
+            f"the oldest backup ({backups[0].label}) covers transactions from {backups[0].next_xid}"
+        )
+    else:
+        lsn = target_lsn if target_lsn is not None else parse_lsn(target.value)
+        ok = [b for b in backups if b.stop_lsn <= lsn]
+        why = f"the oldest restorable LSN is {format_lsn(backups[0].stop_lsn)}"
+    if not ok:
+        raise NotFoundError(f"no base backup finishes before {target.describe()}: {why}")
+    return ok[-1]
+
+
+@dataclass
+class RestoreResult:
+    backup: BaseBackup
+    target: Target
+    data_dir: Path
+    fetch_extract_s: float
+    replay_s: float | None = None
+    reached_lsn: str | None = None
+    reached_time: str | None = None
+    stop_reason: str | None = None
+    server: LocalCluster | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def restore(
+    repo: Repository,
+    cluster: ClusterConfig,
+    config_path: Path,
+    to: Path,
+    target: Target,
+    start: bool = False,
+    force: bool = False,
+    log: Log = print,
+    timeout_s: float = 3600,
+) -> RestoreResult:
+    to = to.resolve()
+    _check_target_dir(to, force)
+    backups = list_base_backups(repo, cluster.name)
+    point_lsn = None
+    if target.kind == "name":
+        point = find_restore_point(repo, cluster.name, target.value)
+        if point is None:
+            log(f"restore point {target.value!r} is not in the catalog: using the oldest backup")
+        else:
+            point_lsn = point.lsn
+    backup = choose_backup(backups, target, point_lsn)
+    _check_compatible(backup, start)
+    needed_to = (
+        point_lsn
+        if point_lsn is not None
+        else (parse_lsn(target.value) if target.kind == "lsn" else None)
+    )
+    _check_wal(repo, cluster.name, backup, target, needed_to)
+    span = f"{format_lsn(backup.start_lsn)}..{format_lsn(backup.stop_lsn)}"
+    log(
+        f"restoring {backup.label} (LSN {span}, {backup.size_bytes:,} bytes) into {to}, "
+        f"recovering to {target.describe()}"
+    )
+
+    t0 = time.monotonic()
+    repo.verify(backup.objects["base.tar"])
+    to.mkdir(parents=True, exist_ok=True)
+    extract_backup(repo, backup, to, log)
+    with open(to / "backup_manifest", "wb") as f:
+        repo.read_into(backup.objects["backup_manifest"], f)
+    fetch_extract_s = time.monotonic() - t0
+
+    settings = {
+        "restore_command": quote_setting(restore_command(config_path, cluster.name)),
+        "recovery_target_action": "'promote'",
+        "recovery_target_timeline": "'latest'",
+        **target.settings(),
+    }
+    with open(to / "postgresql.auto.conf", "a") as f:
+        f.write(f"\n# written by pgbackup restore of {backup.label}\n")
+        f.writelines(f"{k} = {v}\n" for k, v in settings.items())
+    (to / "recovery.signal").touch()
+    hand_over_tree(to)
+    os.chmod(to, 0o700)
+    result = RestoreResult(backup, target, to, fetch_extract_s)
+    result.phases["fetch_extract_s"] = fetch_extract_s
+    log(f"extracted in {fetch_extract_s:.1f}s; recovery settings written to postgresql.auto.conf")
+    if start:
+        _start_and_wait(result, config_path, log, timeout_s)
+    return result
+
+
+def _check_target_dir(to: Path, force: bool) -> None:
+    if to.exists() and any(to.iterdir()):
+        if not force:
+            raise PgBackupError(
+                f"{to} is not empty; restore into an empty or new folder (or pass --force to "
+                "delete what is in it first)"
+            )
+        for child in to.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def _check_compatible(backup: BaseBackup, start: bool) -> None:
+    here = platform.machine()
+    if backup.architecture not in (here, "unknown"):
+        raise PgBackupError(
+            f"backup {backup.label} is from a {backup.architecture} server; this machine is "
+            f"{here}. Physical backups restore only on the same architecture: use a logical "
+            "dump (restore-dump) to move across"
+        )
+    if start:
+        from pg_backup_assets.core.pg import bindir
+
+        binaries = bindir(backup.pg_major)
+        if not (binaries / "postgres").exists() or f"/{backup.pg_major}/" not in f"{binaries}/":
+            raise PgBackupError(
+                f"backup {backup.label} is PostgreSQL {backup.pg_major}; this machine has no "
+                f"PostgreSQL {backup.pg_major} server binaries to start it with (physical "
+                "backups only restore on the same major version)"
+            )
+
+
+def _check_wal(
+    repo: Repository, cluster: str, backup: BaseBackup, target: Target, needed_to: int | None
+) -> None:
+    """Refuse, before any work, a restore that the archive cannot complete."""
+    listing = list_archive(repo, cluster)
+    size = listing.segment_size
+    if size is None:
+        raise PgBackupError(
+            f"no WAL is archived for cluster {cluster}: backup {backup.label} needs the WAL "
+            f"from {format_lsn(backup.start_lsn)} to {format_lsn(backup.stop_lsn)} to be consistent"
+        )
+    gaps = find_gaps((o.name for o in listing.segments), listing.histories, size, backup.start_lsn)
+    last_needed = Segment(backup.timeline, backup.stop_lsn // size)
+    if needed_to is not None:
+        last_needed = Segment(backup.timeline, max(needed_to, backup.stop_lsn) // size)
+    newest = listing.newest_segment
+    if newest is None or newest.name[8:] < last_needed.name(size)[8:]:
+        have = newest.name if newest else "none"
+        raise PgBackupError(
+            f"the WAL archive ends at {have}, before {last_needed.name(size)}, which the restore "
+            f"to {target.describe()} needs"
+        )
+    for first, last in gaps.missing:
+        missing_segno = int(first[8:16], 16) * (0x100000000 // size) + int(first[16:], 16)
+        if target.kind == "latest" or missing_segno <= last_needed.segno:
+            raise PgBackupError(
+                f"WAL segment {first}{'' if first == last else '..' + last} is missing from the "
+                f"archive, and the restore of {backup.label} to {target.describe()} needs it; "
+                "choose a target before the gap (e.g. --target-lsn) or a newer backup"
+            )
+
+
+def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> None:
+    """Decrypt and untar a base backup into ``to``; tar decompresses (stored: age(zstd(tar)))."""
+    record = backup.objects["base.tar"]
+    identities = repo.identities() if record.encrypted else None  # fail before tar starts
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            ["tar", "-x", "-f", "-", "-C", str(to), "--no-same-owner", "--zstd"],
+            stdin=subprocess.PIPE,
+            stderr=err,
+        )
+        sink = _ProgressSink(proc.stdin, record.raw_bytes, log)
+        try:
+            with repo.storage.open(record.key) as f, contextlib.suppress(BrokenPipeError):
+                # A broken pipe means tar stopped: its exit status and stderr say why.
+                if identities is not None:
+                    try:
+                        pyrage.decrypt_io(f, sink, identities)
+                    except (pyrage.DecryptError, OSError) as exc:
+                        raise PgBackupError(f"cannot decrypt {record.key}: {exc}") from None
+                else:
+                    while chunk := f.read(1 << 20):
+                        sink.write(chunk)
+        finally:
+            # Whatever happened, tar must see the end of its input, or wait() never returns.
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            rc = proc.wait()
+        if rc != 0:
+            err.seek(0)
+            raise CommandError(
+                f"extracting {backup.label} into {to} failed: "
+                f"{err.read().decode(errors='replace').strip()[-1000:]}"
+            )
+
+
+class _ProgressSink:
+    def __init__(self, out, total: int, log: Log):  # noqa: ANN001
+        self.out, self.total, self.log = out, total, log
+        self.done = 0
+        self.last = time.monotonic()
+
+    def write(self, data) -> int:  # noqa: ANN001
+        self.out.write(data)
+        self.done += len(data)
+        if time.monotonic() - self.last >= 5:
+            self.last = time.monotonic()
+            self.log(f"extracting: {self.done / 2**20:.0f} of {self.total / 2**20:.0f} MiB")
+        return len(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+_STOP_RE = re.compile(r"LOG:\s+(recovery stopping .*)")
+_LAST_TX_RE = re.compile(r"last completed transaction was at log time (.+)")
+_MISSING_RE = re.compile(r"wal-fetch: ([0-9A-F]{24}) is not in the archive")
+
+
+def _start_and_wait(result: RestoreResult, config_path: Path, log: Log, timeout_s: float) -> None:
+    to = result.data_dir
+    server = LocalCluster(to.parent / f".{to.name}.run", major=result.backup.pg_major, data=to)
+    # An inspection copy must not archive into the cluster's repository: its new
+    # timeline would become the "newest" one there.
+    server.adopt({"archive_mode": "off"})
+    if not server.readable_by_server(Path(config_path)):
+        raise PgBackupError(
+            f"the server's OS user cannot read {config_path}, which its restore_command needs"
+        )
+    log(f"starting the restored server on port {server.port} (log: {server.logfile})")
+    t0 = time.monotonic()
+    try:
+        server.start(timeout=int(timeout_s))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with psycopg.connect(server.dsn(), autocommit=True) as conn:
+                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+                    break
+            if time.monotonic() > deadline:
+                raise PgBackupError(f"recovery did not finish within {timeout_s:.0f}s")
+            time.sleep(0.2)
+    except (PgBackupError, OSError, psycopg.Error) as exc:
+        # Recovery may end in FATAL after the server first accepted connections.
+        server.stop(mode="immediate")
+        log_text = server.logfile.read_text(errors="replace") if server.logfile.exists() else ""
+        missing = _MISSING_RE.findall(log_text)
+        if "recovery ended before configured recovery target was reached" in log_text:
+            what = f"; WAL segment {missing[-1]} is not in the archive" if missing else ""
+            raise PgBackupError(
+                f"recovery ended before reaching {result.target.describe()}{what}. The partial "
+                f"restore is left in {to} for inspection"
+            ) from None
+        raise PgBackupError(f"{exc}\nThe partial restore is left in {to}") from None
+    result.replay_s = time.monotonic() - t0
+    result.phases["replay_s"] = result.replay_s
+    text = server.logfile.read_text(errors="replace")
+    stops = _STOP_RE.findall(text)
+    last_tx = _LAST_TX_RE.findall(text)
+    result.stop_reason = stops[-1] if stops else None
+    result.reached_time = last_tx[-1].strip() if last_tx else None
+    result.reached_lsn = str(lsn)
+    result.server = server
+    log(
+        f"recovered to {result.reached_lsn} (last transaction {result.reached_time or 'n/a'}) "
+        f"in {result.replay_s:.1f}s; the server runs on port {server.port}"
+    )

@@ -1,0 +1,61 @@
+import dagster as dg
+
+from pg_backup_assets.core import basebackup
+from pg_backup_assets.core.sizes import daily_history
+from pg_backup_assets.core.wal import format_lsn
+from pg_backup_assets.defs.check_names import SIZE_ANOMALY
+from pg_backup_assets.defs.partitions import daily
+from pg_backup_assets.defs.resources import HEAVY_POOL, PgBackupResource
+from pg_backup_assets.defs.sizes import size_anomaly_result
+
+
+def base_backup_key(cluster: str) -> dg.AssetKey:
+    return dg.AssetKey([cluster, "base_backup"])
+
+
+def build_base_backup(cluster: str) -> dg.AssetsDefinition:
+    key = base_backup_key(cluster)
+
+    @dg.asset(
+        key=key,
+        group_name=cluster,
+        partitions_def=daily,
+        pool=HEAVY_POOL,
+        kinds={"postgres"},
+        check_specs=[dg.AssetCheckSpec(SIZE_ANOMALY, asset=key)],
+    )
+    def base_backup(
+        context: dg.AssetExecutionContext, pgbackup: PgBackupResource
+    ) -> dg.MaterializeResult:
+        """pg_basebackup (tar, fast checkpoint, server-side zstd) + backup_manifest, catalogued."""
+        repo = pgbackup.repository()
+        history = daily_history(
+            [(b.date, b.size_bytes) for b in basebackup.list_base_backups(repo, cluster)],
+            before=context.partition_key,
+        )
+        backup = basebackup.take_base_backup(
+            repo, pgbackup.config().cluster(cluster), context.partition_key, log=context.log.info
+        )
+        raw = backup.objects["base.tar"].raw_bytes
+        return dg.MaterializeResult(
+            metadata={
+                "size_bytes": backup.size_bytes,
+                "duration_s": round(backup.duration_s, 3),
+                "throughput_mib_s": round(
+                    backup.size_bytes / 2**20 / max(backup.duration_s, 1e-3), 2
+                ),
+                "compressed_tar_bytes": raw,
+                "label": backup.label,
+                "start_lsn": format_lsn(backup.start_lsn),
+                "stop_lsn": format_lsn(backup.stop_lsn),
+                "timeline": backup.timeline,
+                "pg_version": backup.pg_version,
+                "system_identifier": backup.system_identifier,
+                "architecture": backup.architecture,
+                "data_checksums": backup.data_checksums,
+                "catalog_key": backup.catalog_key,
+            },
+            check_results=[size_anomaly_result(backup.size_bytes, history)],
+        )
+
+    return base_backup

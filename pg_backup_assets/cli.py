@@ -151,9 +151,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         print(f"  reached           {result.reached_lsn} ({result.stop_reason or 'end of WAL'})")
         print(f"  last transaction  {result.reached_time or 'n/a'}")
         print(f"  server            {result.server.dsn()}  (archiving is off on it)")
-        print(f"  stop it with      pg_ctl -D {result.data_dir} stop")
+        print(f"  stop it with      {result.server.stop_command()}")
     else:
         print(f"  start it with     pg_ctl -D {result.data_dir} start  (it recovers to the target)")
+        print("                    (as the OS user that owns it; archiving stays as configured)")
     return 0
 
 

@@ -19,6 +19,7 @@ from pg_backup_assets.core.config import load_config
 from pg_backup_assets.core.pg import available_extensions
 from pg_backup_assets.core.pgserver import LocalCluster, hand_over_tree
 from pg_backup_assets.core.repository import Repository
+from pg_backup_assets.core.restore import Target, restore
 from pg_backup_assets.core.walarchive import archiving_settings
 
 CLUSTER = "demo"
@@ -94,6 +95,8 @@ def run_demo(state_dir: str, keep_running: bool = False) -> int:
         identity, recipient = generate_identity()
         key_file.write_text(identity)
         key_file.chmod(0o600)
+        # The restored server's restore_command (wal-fetch) decrypts WAL with it.
+        hand_over_tree(key_file)
     recipient = key_file.read_text().splitlines()[0].split(": ", 1)[1]
 
     config_file = state / "pgbackup.yaml"
@@ -133,6 +136,17 @@ sensors:
 
 
 def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> int:
+    import dagster as dg
+
+    from pg_backup_assets.definitions import build_defs
+    from pg_backup_assets.defs.check_names import (
+        BASE_BACKUP_VERIFIED,
+        DUMP_RESTORABLE,
+        WAL_ARCHIVE_CONTIGUOUS,
+        WAL_ARCHIVE_FRESH,
+    )
+    from pg_backup_assets.defs.partitions import daily
+
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {DATABASE}")
     with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
@@ -140,30 +154,18 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
         if "pgcrypto" in available_extensions(cluster.dsn(DATABASE)):
             conn.execute("CREATE EXTENSION pgcrypto")
     _say(f"created database {DATABASE} with sample data ({', '.join(TABLES)})")
-
     config = load_config(config_file)
     repo = Repository.from_config(config)
 
-    # Materialize through Dagster, against the persistent instance the UI reads.
-    import dagster as dg
-
-    from pg_backup_assets.definitions import build_defs
-    from pg_backup_assets.defs.check_names import (
-        DUMP_RESTORABLE,
-        WAL_ARCHIVE_CONTIGUOUS,
-        WAL_ARCHIVE_FRESH,
-    )
-    from pg_backup_assets.defs.partitions import daily
-
+    # 1. Back up through Dagster, against the persistent instance the UI reads.
     defs = build_defs(str(config_file))
     partition = daily.get_last_partition_key()
-    _say(f"materializing {CLUSTER}/logical_dump for partition {partition} through Dagster")
+    keys = [dg.AssetKey([CLUSTER, "logical_dump"]), dg.AssetKey([CLUSTER, "base_backup"])]
+    _say(f"materializing {', '.join(k.to_user_string() for k in keys)} for {partition}")
     instance = dg.DagsterInstance.get()
-    dump_key = dg.AssetKey([CLUSTER, "logical_dump"])
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.assets(dump_key)
-        | dg.AssetSelection.checks_for_assets(dump_key),
+        selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
         partition_key=partition,
         resources=defs.resources,
         instance=instance,
@@ -173,39 +175,81 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
     if not result.success:
         _say("the Dagster run failed; see the log above")
         return 1
-    mat = result.asset_materializations_for_node(f"{CLUSTER}__logical_dump")[0]
+    dump_md = _metadata(result, f"{CLUSTER}__logical_dump")
+    base_md = _metadata(result, f"{CLUSTER}__base_backup")
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    restorable = checks[DUMP_RESTORABLE]
 
-    # Restore into a fresh database and prove it holds the same rows.
+    # 2. The logical dump restores into a fresh database with identical contents.
     restored_db = f"{DATABASE}_restored"
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {restored_db}")
         conn.execute(f"CREATE DATABASE {restored_db}")
-    t_restore = time.monotonic()
+    t = time.monotonic()
     dumps.restore_dump(repo, CLUSTER, DATABASE, cluster.dsn(restored_db), date=partition, log=_say)
-    restore_s = time.monotonic() - t_restore
+    restore_dump_s = time.monotonic() - t
     before = _table_fingerprint(cluster.dsn(DATABASE))
     after = _table_fingerprint(cluster.dsn(restored_db))
-    same = before == after
 
+    # 3. Business goes on after the backup; then someone deletes the wrong rows.
+    with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orders SELECT g, 1 + g % 5000, 9.99, now() "
+            "FROM generate_series(50001, 51000) g"
+        )
+        orders_before = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+        time.sleep(1)
+        moment = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        time.sleep(1)
+        deleted = conn.execute("DELETE FROM orders WHERE amount > 20").rowcount
+        orders_after = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+    _say(
+        f"oops: DELETE FROM orders WHERE amount > 20 removed {deleted:,} rows at {moment:%H:%M:%S}"
+    )
     wal = _observe_wal_archive(cluster, defs, instance)
 
-    md = {k: v.value for k, v in mat.metadata.items()}
+    # 4. Point-in-time recovery to the moment before the DELETE.
+    target_time = (moment).isoformat()
+    _say(f"pgbackup restore --to {state / 'pitr'} --target-time '{target_time}' --start")
+    pitr = restore(
+        repo,
+        config.cluster(CLUSTER),
+        config_file,
+        state / "pitr",
+        Target.parse("time", target_time),
+        start=True,
+        force=True,
+        log=_say,
+    )
+    try:
+        with psycopg.connect(pitr.server.dsn(DATABASE)) as conn:
+            orders_recovered = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+    finally:
+        pitr.server.stop()
+    rto_s = pitr.fetch_extract_s + (pitr.replay_s or 0)
+
     print("\npg-backup-assets demo summary\n-----------------------------")
-    _row("cluster", f"{CLUSTER} (PostgreSQL {md['server_version']}, port {cluster.port})")
+    _row("cluster", f"{CLUSTER} (PostgreSQL {dump_md['server_version']}, port {cluster.port})")
     _row("partition", f"{partition}   Dagster run {result.run_id}")
     _row(
         "logical dump",
-        f"{md['raw_bytes']:,} bytes -> {md['size_bytes']:,} stored (zstd + age) "
-        f"in {md['duration_s']:.2f}s, {md['throughput_mib_s']} MiB/s",
+        f"{dump_md['raw_bytes']:,} bytes -> {dump_md['size_bytes']:,} stored (zstd + age) "
+        f"in {dump_md['duration_s']:.2f}s",
     )
-    _row(DUMP_RESTORABLE, _verdict(restorable.passed, restorable.description))
-    _row("restore-dump", f"into {restored_db} in {restore_s:.2f}s")
-    for t in TABLES:
-        rows, _ = after[t]
-        mark = "identical" if before[t] == after[t] else f"DIFFERS (source {before[t][0]} rows)"
-        _row(f"  {t}", f"{rows:>8,} rows  {mark}")
+    _row(
+        DUMP_RESTORABLE,
+        _verdict(checks[DUMP_RESTORABLE].passed, checks[DUMP_RESTORABLE].description),
+    )
+    _row("restore-dump", f"into {restored_db} in {restore_dump_s:.2f}s")
+    for table in TABLES:
+        rows, _ = after[table]
+        same = before[table] == after[table]
+        _row(f"  {table}", f"{rows:>8,} rows  {'identical' if same else 'DIFFERS'}")
+    _row(
+        "base backup",
+        f"{base_md['label']}: {base_md['size_bytes']:,} bytes stored in "
+        f"{base_md['duration_s']:.2f}s, LSN {base_md['start_lsn']}..{base_md['stop_lsn']}",
+    )
+    verified = checks[BASE_BACKUP_VERIFIED]
+    _row(BASE_BACKUP_VERIFIED, _verdict(verified.passed, verified.description))
     _row(
         "WAL archive",
         f"{wal['segments']} segments {wal['first_segment']}..{wal['last_segment']} "
@@ -213,14 +257,38 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
     )
     for name in (WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH):
         _row(name, _verdict(*wal[name]))
+    _row(
+        "the oops",
+        f"DELETE removed {deleted:,} of {orders_before:,} orders ({orders_after:,} left)",
+    )
+    _row(
+        "PITR",
+        f"to {moment:%Y-%m-%d %H:%M:%S.%f %Z}: {orders_recovered:,} orders are back "
+        f"({'all of them' if orders_recovered == orders_before else 'NOT all of them'})",
+    )
+    _row(
+        "restore time (RTO)",
+        f"{rto_s:.1f}s = fetch + extract {pitr.fetch_extract_s:.1f}s + replay {pitr.replay_s:.1f}s",
+    )
     _row("total", f"{time.monotonic() - t0:.1f}s")
     print()
     _row("config", str(config_file))
     _row("repository", str(config.repository))
     _row("see it in the UI", "make ui   (then open http://127.0.0.1:3000)")
     _row("try the CLI", f"PGBACKUP_CONFIG={config_file} .venv/bin/pgbackup info")
-    wal_ok = wal[WAL_ARCHIVE_CONTIGUOUS][0] and wal[WAL_ARCHIVE_FRESH][0]
-    return 0 if (same and restorable.passed and wal_ok) else 1
+    ok = (
+        before == after
+        and all(e.passed for e in checks.values())
+        and wal[WAL_ARCHIVE_CONTIGUOUS][0]
+        and wal[WAL_ARCHIVE_FRESH][0]
+        and orders_recovered == orders_before
+    )
+    return 0 if ok else 1
+
+
+def _metadata(result, node: str) -> dict:  # noqa: ANN001
+    mat = result.asset_materializations_for_node(node)[0]
+    return {k: v.value for k, v in mat.metadata.items()}
 
 
 def _observe_wal_archive(cluster: LocalCluster, defs, instance) -> dict:  # noqa: ANN001

@@ -221,6 +221,11 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def stop_command(self) -> str:
+        """How an operator stops this server from a shell."""
+        cmd = f"{self.bindir / 'pg_ctl'} -D {self.data} stop"
+        return f"runuser -u {SERVER_USER} -- {cmd}" if _server_account() else cmd
+
     # -- access ----------------------------------------------------------------------------
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"

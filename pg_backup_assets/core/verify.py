@@ -53,7 +53,7 @@ def verify_base_backup(
         verdict = BackupVerdict(
             True,
             f"{backup.label}: sha256 of {len(backup.objects)} objects match; pg_verifybackup "
-            f"checked every file against the manifest and parsed {segments} WAL segments",
+            f"checked every file against the manifest and the WAL it needs ({segments} segments)",
             segments,
         )
     record_verification(repo, backup, verdict.ok, verdict.message)

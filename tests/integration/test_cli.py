@@ -135,9 +135,14 @@ def test_demo_runs_end_to_end(workdir):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "demo summary" in proc.stdout
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
-    for check in ("dump_restorable", "wal_archive_contiguous", "wal_archive_fresh"):
+    for check in (
+        "dump_restorable",
+        "base_backup_verified",
+        "wal_archive_contiguous",
+        "wal_archive_fresh",
+    ):
         assert "PASSED" in lines[check], lines[check]
     assert proc.stdout.count("identical") == 3
-    assert "WAL archive" in proc.stdout
+    assert "orders are back (all of them)" in lines["PITR"]
     # The run is recorded in the persistent instance the UI reads.
     assert any((home / "dagster_home").rglob("*.db"))

@@ -113,10 +113,17 @@ def test_missing_segment_fails_the_sensors_contiguity_check(archiving):
     victim = "000000010000000000000003"
     [obj] = find(repo_of(config), "main", victim)
     repo_of(config).storage.delete(obj.key)
-    checks = check_evaluations(run_sensor(config))
+    result = run_sensor(config)
+    checks = check_evaluations(result)
     assert not checks[WAL_ARCHIVE_CONTIGUOUS].passed
     assert victim in checks[WAL_ARCHIVE_CONTIGUOUS].description
     assert checks[WAL_ARCHIVE_CONTIGUOUS].metadata["missing_segments"].value == 1
+    # The gap cuts PITR across it: one fresh base backup is requested, keyed on the gap
+    # so that Dagster launches it once however many ticks see the same gap.
+    [request] = result.run_requests
+    assert request.asset_selection == [dg.AssetKey(["main", "base_backup"])]
+    assert victim in request.run_key
+    assert run_sensor(config).run_requests[0].run_key == request.run_key
 
 
 def test_failing_archive_command_is_seen_and_nothing_is_lost(workdir):

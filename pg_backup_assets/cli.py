@@ -43,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     targets.add_argument("--target-name", metavar="N", help="restore point name")
     rs.add_argument(
         "--source",
-        choices=["local"],
+        choices=["local", "offsite"],
         default="local",
-        help="where to restore from (the offsite store arrives with offsite copies)",
+        help="restore from the local repository (default) or the offsite store",
     )
     rs.add_argument(
         "--start", action="store_true", help="start the server and replay to the target"
@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser(
         "wal-fetch",
         help="restore one WAL file (restore_command = 'pgbackup ... wal-fetch %%f %%p')",
+    )
+    fetch.add_argument(
+        "--source",
+        choices=["local", "offsite"],
+        default="local",
+        help="local (default; falls back to offsite when configured) or offsite only",
     )
     fetch.add_argument("name", help="the WAL file name (%%f)")
     fetch.add_argument("dest", help="where to write it (%%p)")
@@ -129,13 +135,19 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     cluster = config.cluster(args.cluster)
+    if args.source == "offsite":
+        from pg_backup_assets.core.offsite import offsite_repository
+
+        repo = offsite_repository(config)
+    else:
+        repo = Repository.from_config(config)
     kind = next(
         (k for k in ("time", "lsn", "xid", "name") if getattr(args, f"target_{k}") is not None),
         None,
     )
     target = Target.parse(kind, getattr(args, f"target_{kind}") if kind else None)
     result = restore(
-        Repository.from_config(config),
+        repo,
         cluster,
         config.source,
         Path(args.to),
@@ -143,8 +155,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         start=args.start,
         force=args.force,
         log=lambda m: print(m, file=sys.stderr),
+        source=args.source,
     )
-    print(f"restored {result.backup.label} into {result.data_dir}")
+    print(f"restored {result.backup.label} from {repo.describe()} into {result.data_dir}")
     print(f"  fetch + extract   {result.fetch_extract_s:.1f}s")
     if result.server:
         print(f"  replay            {result.replay_s:.1f}s")
@@ -172,35 +185,54 @@ def _cmd_restore_point(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lean_repository(args: argparse.Namespace):  # noqa: ANN202
+def _lean_config(args: argparse.Namespace):  # noqa: ANN202
     # wal-push/wal-fetch: only the modules they need (no psycopg, dagster or boto3).
     from pg_backup_assets.core.config import load_config
-    from pg_backup_assets.core.repository import Repository
 
-    config = load_config(args.config, need_dsn_secrets=False)
-    return Repository.from_config(config), config.cluster(args.cluster).name
+    return load_config(args.config, need_dsn_secrets=False)
 
 
 def _cmd_wal_push(args: argparse.Namespace) -> int:
+    from pg_backup_assets.core.repository import Repository
     from pg_backup_assets.core.walarchive import push
 
-    repo, cluster = _lean_repository(args)
-    push(repo, cluster, args.path)
+    config = _lean_config(args)
+    push(Repository.from_config(config), config.cluster(args.cluster).name, args.path)
     return 0
 
 
 def _cmd_wal_fetch(args: argparse.Namespace) -> int:
-    from pg_backup_assets.core.errors import NotFoundError
+    from pg_backup_assets.core.errors import NotFoundError, PgBackupError
+    from pg_backup_assets.core.repository import Repository
     from pg_backup_assets.core.walarchive import fetch
 
-    repo, cluster = _lean_repository(args)
-    try:
-        fetch(repo, cluster, args.name, args.dest)
-    except NotFoundError as exc:
-        # PostgreSQL probes for files that may not exist: a quiet "no", exit 1.
-        print(f"pgbackup: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    config = _lean_config(args)
+    cluster = config.cluster(args.cluster).name
+    sources = ["local", "offsite"] if config.offsite else ["local"]
+    if args.source == "offsite":
+        sources = ["offsite"]
+    failures: list[str] = []
+    missing = True
+    for source in sources:
+        if source == "local":
+            repo = Repository.from_config(config)
+        else:
+            from pg_backup_assets.core.offsite import offsite_repository
+
+            repo = offsite_repository(config)
+        try:
+            fetch(repo, cluster, args.name, args.dest)
+            return 0
+        except NotFoundError as exc:
+            failures.append(str(exc))
+        except PgBackupError as exc:  # damaged, or the store unreachable: try the next copy
+            failures.append(str(exc))
+            missing = False
+    print("pgbackup: " + "; ".join(failures), file=sys.stderr)
+    # PostgreSQL probes for files that may not exist: "not archived" is a quiet exit 1.
+    # A damaged segment or an unreachable store must stop recovery, not end it early as if
+    # the WAL ended there: PostgreSQL treats an exit status above 125 as fatal.
+    return 1 if missing else WAL_FETCH_FATAL
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -234,6 +266,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(f"    GAP: {first} .. {last} missing")
     return 0
 
+
+WAL_FETCH_FATAL = 126
 
 _COMMANDS = {
     "demo": _cmd_demo,

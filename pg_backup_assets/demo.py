@@ -6,9 +6,13 @@ so ``make ui`` shows the runs, checks and metadata afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -16,15 +20,19 @@ import psycopg
 from pg_backup_assets.core import dumps
 from pg_backup_assets.core.codec import generate_identity
 from pg_backup_assets.core.config import load_config
+from pg_backup_assets.core.errors import PgBackupError
+from pg_backup_assets.core.offsite import offsite_repository
 from pg_backup_assets.core.pg import available_extensions
-from pg_backup_assets.core.pgserver import LocalCluster, hand_over_tree
+from pg_backup_assets.core.pgserver import LocalCluster, free_port, hand_over_tree
 from pg_backup_assets.core.repository import Repository
 from pg_backup_assets.core.restore import Target, restore
+from pg_backup_assets.core.s3storage import s3_client
 from pg_backup_assets.core.walarchive import archiving_settings
 
 CLUSTER = "demo"
 DATABASE = "shop"
 TABLES = ("customers", "orders", "events")
+DEMO_BUCKET = "pgbackup-demo"
 
 _SAMPLE = """
 CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, email text UNIQUE);
@@ -100,22 +108,77 @@ def run_demo(state_dir: str, keep_running: bool = False) -> int:
     recipient = key_file.read_text().splitlines()[0].split(": ", 1)[1]
 
     config_file = state / "pgbackup.yaml"
-    _write_config(config_file, repo_dir, key_file, recipient, cluster)
     t_start = time.monotonic()
-    _say(f"starting a throwaway PostgreSQL cluster in {cluster.base} on port {cluster.port}")
-    _say("it archives every WAL segment through `pgbackup wal-push`")
-    cluster.init(archiving_settings(config_file), fast=True).start()
+    with contextlib.ExitStack() as stack:
+        offsite_yaml = stack.enter_context(_offsite_store(state, keep_running))
+        _write_config(config_file, repo_dir, key_file, recipient, cluster, offsite_yaml)
+        _say(f"starting a throwaway PostgreSQL cluster in {cluster.base} on port {cluster.port}")
+        _say("it archives every WAL segment through `pgbackup wal-push`")
+        cluster.init(archiving_settings(config_file), fast=True).start()
+        try:
+            return _run(state, cluster, config_file, t_start)
+        finally:
+            if keep_running:
+                _say(f"the demo server keeps running: {cluster.dsn()}")
+            else:
+                cluster.stop()
+
+
+@contextlib.contextmanager
+def _offsite_store(state: Path, keep_running: bool) -> Iterator[str]:
+    """A local S3 endpoint (moto's server) when installed, else a second folder.
+
+    Either way it is on this machine, and the three_two_one check says so.
+    """
+    server = Path(sys.executable).parent / "moto_server"
+    if not server.exists():
+        folder = state / "offsite"
+        shutil.rmtree(folder, ignore_errors=True)
+        _say(f"offsite copies go to a second folder, {folder} (no local S3 endpoint installed)")
+        yield f"offsite:\n  path: {folder}\n"
+        return
+    for var, value in (("AWS_ACCESS_KEY_ID", "demo"), ("AWS_SECRET_ACCESS_KEY", "demo")):
+        os.environ.setdefault(var, value)
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
     try:
-        return _run(state, cluster, config_file, t_start)
+        client = s3_client(endpoint, "us-east-1")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket=DEMO_BUCKET)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise PgBackupError(
+                        "the local S3 endpoint (moto_server) did not start"
+                    ) from None
+                time.sleep(0.2)
+        _say(f"offsite copies go to a local S3 endpoint, {endpoint} (moto), bucket {DEMO_BUCKET}")
+        yield (
+            f"offsite:\n  s3: {{bucket: {DEMO_BUCKET}, prefix: demo/, "
+            f"endpoint_url: '{endpoint}', region: us-east-1}}\n"
+        )
     finally:
         if keep_running:
-            _say(f"the demo server keeps running: {cluster.dsn()}")
+            _say(f"the local S3 endpoint keeps running: {endpoint}")
         else:
-            cluster.stop()
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def _write_config(
-    path: Path, repo_dir: Path, key_file: Path, recipient: str, cluster: LocalCluster
+    path: Path,
+    repo_dir: Path,
+    key_file: Path,
+    recipient: str,
+    cluster: LocalCluster,
+    offsite_yaml: str,
 ) -> None:
     path.write_text(
         f"""# Written by `pgbackup demo`.
@@ -131,7 +194,8 @@ clusters:
     rto_seconds: 1800
 sensors:
   wal_archive_interval_seconds: 30
-"""
+  offsite_wal_interval_seconds: 30
+{offsite_yaml}"""
     )
 
 
@@ -142,6 +206,8 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
     from pg_backup_assets.defs.check_names import (
         BASE_BACKUP_VERIFIED,
         DUMP_RESTORABLE,
+        OFFSITE_COPY_MATCHES,
+        THREE_TWO_ONE,
         WAL_ARCHIVE_CONTIGUOUS,
         WAL_ARCHIVE_FRESH,
     )
@@ -160,7 +226,10 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
     # 1. Back up through Dagster, against the persistent instance the UI reads.
     defs = build_defs(str(config_file))
     partition = daily.get_last_partition_key()
-    keys = [dg.AssetKey([CLUSTER, "logical_dump"]), dg.AssetKey([CLUSTER, "base_backup"])]
+    keys = [
+        dg.AssetKey([CLUSTER, name])
+        for name in ("logical_dump", "base_backup", "offsite_dump", "offsite_base_backup")
+    ]
     _say(f"materializing {', '.join(k.to_user_string() for k in keys)} for {partition}")
     instance = dg.DagsterInstance.get()
     result = dg.materialize(
@@ -177,7 +246,8 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
         return 1
     dump_md = _metadata(result, f"{CLUSTER}__logical_dump")
     base_md = _metadata(result, f"{CLUSTER}__base_backup")
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    offsite_md = _metadata(result, f"{CLUSTER}__offsite_base_backup")
+    checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
 
     # 2. The logical dump restores into a fresh database with identical contents.
     restored_db = f"{DATABASE}_restored"
@@ -205,12 +275,24 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
         f"oops: DELETE FROM orders WHERE amount > 20 removed {deleted:,} rows at {moment:%H:%M:%S}"
     )
     wal = _observe_wal_archive(cluster, defs, instance)
+    shipped = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets(dg.AssetKey([CLUSTER, "offsite_wal"])),
+        resources=defs.resources,
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+    wal_md = _metadata(shipped, f"{CLUSTER}__offsite_wal") if shipped.success else {}
 
-    # 4. Point-in-time recovery to the moment before the DELETE.
-    target_time = (moment).isoformat()
-    _say(f"pgbackup restore --to {state / 'pitr'} --target-time '{target_time}' --start")
+    # 4. Point-in-time recovery to the moment before the DELETE, from the offsite copy.
+    target_time = moment.isoformat()
+    _say(
+        f"pgbackup restore --source offsite --to {state / 'pitr'} "
+        f"--target-time '{target_time}' --start"
+    )
     pitr = restore(
-        repo,
+        offsite_repository(config),
         config.cluster(CLUSTER),
         config_file,
         state / "pitr",
@@ -218,6 +300,7 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
         start=True,
         force=True,
         log=_say,
+        source="offsite",
     )
     try:
         with psycopg.connect(pitr.server.dsn(DATABASE)) as conn:
@@ -234,10 +317,8 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
         f"{dump_md['raw_bytes']:,} bytes -> {dump_md['size_bytes']:,} stored (zstd + age) "
         f"in {dump_md['duration_s']:.2f}s",
     )
-    _row(
-        DUMP_RESTORABLE,
-        _verdict(checks[DUMP_RESTORABLE].passed, checks[DUMP_RESTORABLE].description),
-    )
+    restorable = checks["logical_dump", DUMP_RESTORABLE]
+    _row(DUMP_RESTORABLE, _verdict(restorable.passed, restorable.description))
     _row("restore-dump", f"into {restored_db} in {restore_dump_s:.2f}s")
     for table in TABLES:
         rows, _ = after[table]
@@ -248,23 +329,33 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
         f"{base_md['label']}: {base_md['size_bytes']:,} bytes stored in "
         f"{base_md['duration_s']:.2f}s, LSN {base_md['start_lsn']}..{base_md['stop_lsn']}",
     )
-    verified = checks[BASE_BACKUP_VERIFIED]
+    verified = checks["base_backup", BASE_BACKUP_VERIFIED]
     _row(BASE_BACKUP_VERIFIED, _verdict(verified.passed, verified.description))
     _row(
         "WAL archive",
-        f"{wal['segments']} segments {wal['first_segment']}..{wal['last_segment']} "
-        "(wal-push, zstd + age)",
+        f"{wal['segments']} segments archived by wal-push (zstd + age); "
+        f"{wal['first_segment']}..{wal['last_segment']} needed since the base backup",
     )
     for name in (WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH):
         _row(name, _verdict(*wal[name]))
+    matches = checks["offsite_base_backup", OFFSITE_COPY_MATCHES]
+    rule = checks["offsite_base_backup", THREE_TWO_ONE]
+    _row(
+        "offsite",
+        f"base backup ({offsite_md['objects']} objects) copied to {offsite_md['offsite_store']} "
+        f"at {offsite_md['throughput_mib_s']} MiB/s; WAL shipped: "
+        f"{wal_md.get('objects', 'FAILED')} objects",
+    )
+    _row(OFFSITE_COPY_MATCHES, _verdict(matches.passed, matches.description))
+    _row(THREE_TWO_ONE, _verdict(rule.passed, rule.description))
     _row(
         "the oops",
         f"DELETE removed {deleted:,} of {orders_before:,} orders ({orders_after:,} left)",
     )
     _row(
         "PITR",
-        f"to {moment:%Y-%m-%d %H:%M:%S.%f %Z}: {orders_recovered:,} orders are back "
-        f"({'all of them' if orders_recovered == orders_before else 'NOT all of them'})",
+        f"from offsite, to {moment:%Y-%m-%d %H:%M:%S.%f %Z}: {orders_recovered:,} orders "
+        f"are back ({'all of them' if orders_recovered == orders_before else 'NOT all of them'})",
     )
     _row(
         "restore time (RTO)",
@@ -276,9 +367,11 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
     _row("repository", str(config.repository))
     _row("see it in the UI", "make ui   (then open http://127.0.0.1:3000)")
     _row("try the CLI", f"PGBACKUP_CONFIG={config_file} .venv/bin/pgbackup info")
+    # three_two_one is reported, not required: the demo's offsite store is on this machine.
     ok = (
         before == after
-        and all(e.passed for e in checks.values())
+        and all(e.passed for (_, name), e in checks.items() if name != THREE_TWO_ONE)
+        and shipped.success
         and wal[WAL_ARCHIVE_CONTIGUOUS][0]
         and wal[WAL_ARCHIVE_FRESH][0]
         and orders_recovered == orders_before

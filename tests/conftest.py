@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -110,6 +111,7 @@ def write_config(
     identity_file: Path | None = None,
     cluster: str = "main",
     rpo_seconds: int | None = None,
+    extra: str = "",
 ) -> Path:
     repo = workdir / "repo"
     repo.mkdir(exist_ok=True)
@@ -124,7 +126,7 @@ def write_config(
         if identity_file:
             lines.append(f"  identity_file: {identity_file}")
     path = workdir / "pgbackup.yaml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
 
@@ -146,3 +148,117 @@ def archiving(workdir: Path) -> Iterator[tuple[LocalCluster, Path]]:
         yield cluster, config
     finally:
         cluster.stop()
+
+
+class TcpProxy:
+    """A loopback TCP proxy that can be cut: the S3 endpoint "going away" mid-upload."""
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.up = True
+        self.conns: list = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:  # noqa: ANN001
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        import socket
+
+        self.up = False
+        with self._lock:
+            for c in self.conns:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+            self.conns.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint over HTTP: moto's server, as a separate process on loopback."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from pg_backup_assets.core.pgserver import free_port
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def make_bucket(endpoint: str, object_lock: bool = False) -> str:
+    from pg_backup_assets.core.s3storage import s3_client
+
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    client = s3_client(endpoint, "us-east-1")
+    client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=object_lock)
+    return name

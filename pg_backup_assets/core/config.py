@@ -67,6 +67,7 @@ class Alerts:
 @dataclass(frozen=True)
 class Sensors:
     wal_archive_interval_seconds: int = 60
+    offsite_wal_interval_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,10 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
     _only(alerts_raw, "alerts", optional={"webhook_url"})
     alerts = Alerts(webhook_url=_opt_str(alerts_raw.get("webhook_url"), "alerts.webhook_url"))
     sensors_raw = _mapping(top.get("sensors") or {}, "sensors")
-    _only(sensors_raw, "sensors", optional={"wal_archive_interval_seconds"})
+    intervals = ("wal_archive_interval_seconds", "offsite_wal_interval_seconds")
+    _only(sensors_raw, "sensors", optional=set(intervals))
     sensors = Sensors(
-        wal_archive_interval_seconds=_positive_int(
-            sensors_raw.get("wal_archive_interval_seconds", 60),
-            "sensors.wal_archive_interval_seconds",
-        )
+        **{k: _positive_int(sensors_raw.get(k, 60), f"sensors.{k}") for k in intervals}
     )
     return Config(
         repository=repository,

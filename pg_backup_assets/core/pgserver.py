@@ -163,7 +163,9 @@ class LocalCluster:
         with open(conf, "a") as f:
             f.write("\n# pg-backup-assets\n" + "\n".join(lines) + "\n")
 
-    def start(self, timeout: int = 60) -> LocalCluster:
+    def start(self, timeout: int = 60, env: Mapping[str, str] | None = None) -> LocalCluster:
+        """Start and wait until it accepts connections; ``env`` reaches its children
+        (archive_command, restore_command)."""
         try:
             as_server_user(
                 [
@@ -179,6 +181,7 @@ class LocalCluster:
                     f"-p {self.port}",
                     "start",
                 ],
+                env=env,
                 timeout=timeout + 10,
             )
         except CommandError as exc:

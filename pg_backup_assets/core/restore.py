@@ -134,7 +134,9 @@ def restore(
     force: bool = False,
     log: Log = print,
     timeout_s: float = 3600,
+    source: str = "local",
 ) -> RestoreResult:
+    """Restore from ``repo`` (the local repository, or the offsite one: ``source``)."""
     to = to.resolve()
     _check_target_dir(to, force)
     backups = list_base_backups(repo, cluster.name)
@@ -168,7 +170,7 @@ def restore(
     fetch_extract_s = time.monotonic() - t0
 
     settings = {
-        "restore_command": quote_setting(restore_command(config_path, cluster.name)),
+        "restore_command": quote_setting(restore_command(config_path, cluster.name, source)),
         "recovery_target_action": "'promote'",
         "recovery_target_timeline": "'latest'",
         **target.settings(),
@@ -324,7 +326,9 @@ def _start_and_wait(result: RestoreResult, config_path: Path, log: Log, timeout_
     log(f"starting the restored server on port {server.port} (log: {server.logfile})")
     t0 = time.monotonic()
     try:
-        server.start(timeout=int(timeout_s))
+        # restore_command may read the offsite store: it needs the same AWS credentials.
+        aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        server.start(timeout=int(timeout_s), env=aws)
         deadline = time.monotonic() + timeout_s
         while True:
             with psycopg.connect(server.dsn(), autocommit=True) as conn:

@@ -270,9 +270,11 @@ def quote_setting(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def restore_command(config_path: str | os.PathLike[str], cluster: str | None = None) -> str:
+def restore_command(
+    config_path: str | os.PathLike[str], cluster: str | None = None, source: str = "local"
+) -> str:
     """The ``restore_command`` setting that restores through ``pgbackup wal-fetch``."""
-    return _command(config_path, cluster, "wal-fetch %f %p")
+    return _command(config_path, cluster, f"wal-fetch --source {source} %f %p")
 
 
 def _command(config_path: str | os.PathLike[str], cluster: str | None, tail: str) -> str:

@@ -1,6 +1,8 @@
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from pg_backup_assets.core.config import Config, load_config
+from pg_backup_assets.core.offsite import offsite_repository
 from pg_backup_assets.core.repository import Repository
 
 HEAVY_POOL = "pg_backup_heavy"
@@ -16,3 +18,17 @@ class PgBackupResource(dg.ConfigurableResource):
 
     def repository(self) -> Repository:
         return Repository.from_config(self.config())
+
+    def offsite(self, s3: S3Resource) -> Repository:
+        """The offsite store, through dagster-aws's S3 client when it is S3."""
+        config = self.config()
+        client = s3.get_client() if config.offsite and config.offsite.s3 else None
+        return offsite_repository(config, client)
+
+
+def s3_resource(config: Config) -> S3Resource:
+    """dagster-aws's S3 resource for the configured offsite store (credentials: AWS env)."""
+    s3 = config.offsite.s3 if config.offsite else None
+    if s3 is None:
+        return S3Resource()
+    return S3Resource(endpoint_url=s3.endpoint_url, region_name=s3.region)

@@ -1,0 +1,272 @@
+"""The S3 storage backend (any S3-compatible store through ``endpoint_url``).
+
+Objects are streamed: large ones as multipart uploads whose parts carry Content-MD5 (the
+store checks each part). The upload is completed only when the writing block exits
+cleanly, after the caller has compared the sha256 of what it sent with the catalog's, so
+a copy that went wrong is never visible. An
+upload that fails is aborted; one the store could not be told to abort stays invisible
+and is cleared by the next upload of the same key.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pg_backup_assets.core.errors import NotFoundError, PgBackupError
+from pg_backup_assets.core.storage import ObjectInfo, _check_key
+
+PART_SIZE = 16 << 20
+RETRIES = 5
+
+
+class S3Storage:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        object_lock_days: int = 0,
+        part_size: int = PART_SIZE,
+        retries: int = RETRIES,
+    ):
+        if part_size < 5 << 20:
+            raise PgBackupError("S3 part size must be at least 5 MiB")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.object_lock_days = object_lock_days
+        self.part_size = part_size
+        self.retries = retries
+
+    def describe(self) -> str:
+        endpoint = getattr(self.client.meta, "endpoint_url", "")
+        return f"s3://{self.bucket}/{self.prefix} ({endpoint})"
+
+    def _key(self, key: str) -> str:
+        return self.prefix + _check_key(key)
+
+    def _lock_args(self) -> dict[str, Any]:
+        if not self.object_lock_days:
+            return {}
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(days=self.object_lock_days)
+        return {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
+
+    @contextlib.contextmanager
+    def writer(
+        self,
+        key: str,
+        final_key: Callable[[], str] | None = None,
+    ) -> Iterator[BinaryIO]:
+        """Callers check what they wrote inside the block: raising there aborts the upload."""
+        if final_key is not None:
+            raise PgBackupError("S3Storage cannot name an object after its content")
+        upload = _Upload(self, self._key(key))
+        try:
+            yield upload  # type: ignore[misc]
+            upload.finish()
+        except BaseException:
+            upload.abort()
+            raise
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self._call(
+                "get", self.client.get_object, Bucket=self.bucket, Key=self._key(key)
+            )["Body"]
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                raise NotFoundError(f"{key} is not in {self.describe()}") from None
+            raise
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        out = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for obj in page.get("Contents", []):
+                    out.append(
+                        ObjectInfo(
+                            obj["Key"][len(self.prefix) :],
+                            obj["Size"],
+                            obj["LastModified"].timestamp(),
+                        )
+                    )
+        except (BotoCoreError, ClientError) as exc:
+            raise PgBackupError(f"cannot list {self.describe()}: {exc}") from None
+        out.sort(key=lambda o: o.key)
+        return out
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            head = self._call(
+                "head", self.client.head_object, Bucket=self.bucket, Key=self._key(key)
+            )
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise NotFoundError(f"{key} is not in {self.describe()}") from None
+            raise
+        return ObjectInfo(key, head["ContentLength"], head["LastModified"].timestamp())
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NotFoundError:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """Call the store, retrying transient failures with exponential backoff.
+
+        botocore retries each request itself; this covers the store being away longer.
+        """
+        delay = 0.5
+        for attempt in range(self.retries):
+            try:
+                return fn(**kwargs)
+            except ClientError as exc:
+                if _code(exc) not in ("SlowDown", "InternalError", "ServiceUnavailable", "503"):
+                    raise
+                err: Exception = exc
+            except BotoCoreError as exc:  # connection refused/reset, timeouts
+                err = exc
+            if attempt + 1 < self.retries:
+                time.sleep(delay)
+                delay *= 2
+        raise PgBackupError(f"S3 {what} on {self.describe()} failed {self.retries} times: {err}")
+
+
+class _Upload:
+    """A file-like that uploads what is written to it, in parts."""
+
+    def __init__(self, storage: S3Storage, key: str):
+        self.s = storage
+        self.key = key
+        self.buffer = bytearray()
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+        self.buffer += data
+        self.sha256.update(data)
+        self.size += len(data)
+        while len(self.buffer) >= self.s.part_size:
+            self._send_part(bytes(self.buffer[: self.s.part_size]))
+            del self.buffer[: self.s.part_size]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def _start(self) -> None:
+        self._clear_stale_uploads()
+        created = self.s._call(
+            "create multipart upload",
+            self.s.client.create_multipart_upload,
+            Bucket=self.s.bucket,
+            Key=self.key,
+            **self.s._lock_args(),
+        )
+        self.upload_id = created["UploadId"]
+
+    def _clear_stale_uploads(self) -> None:
+        # Uploads of this key that an earlier failure could not abort: invisible, but billed.
+        listed = self.s._call(
+            "list multipart uploads",
+            self.s.client.list_multipart_uploads,
+            Bucket=self.s.bucket,
+            Prefix=self.key,
+        )
+        for upload in listed.get("Uploads", []):
+            if upload["Key"] == self.key:
+                with contextlib.suppress(BotoCoreError, ClientError):
+                    self.s.client.abort_multipart_upload(
+                        Bucket=self.s.bucket, Key=self.key, UploadId=upload["UploadId"]
+                    )
+
+    def _send_part(self, data: bytes) -> None:
+        if self.upload_id is None:
+            self._start()
+        number = len(self.parts) + 1
+        sent = self.s._call(
+            f"upload of part {number} of {self.key}",
+            self.s.client.upload_part,
+            Bucket=self.s.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=data,
+            ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode(),
+        )
+        self.parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+
+    def finish(self) -> None:
+        digest = self.sha256.hexdigest()
+        data = bytes(self.buffer)
+        if self.upload_id is None:  # small object: one atomic PUT
+            self.s._call(
+                f"upload of {self.key}",
+                self.s.client.put_object,
+                Bucket=self.s.bucket,
+                Key=self.key,
+                Body=data,
+                ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode(),
+                Metadata={"sha256": digest},
+                **self.s._lock_args(),
+            )
+            return
+        if data:
+            self._send_part(data)
+        self.s._call(
+            f"completion of {self.key}",
+            self.s.client.complete_multipart_upload,
+            Bucket=self.s.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": self.parts},
+        )
+        self.upload_id = None
+
+    def abort(self) -> None:
+        if self.upload_id is not None:
+            with contextlib.suppress(BotoCoreError, ClientError):
+                self.s.client.abort_multipart_upload(
+                    Bucket=self.s.bucket, Key=self.key, UploadId=self.upload_id
+                )
+            self.upload_id = None
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def s3_client(endpoint_url: str | None, region: str | None, max_attempts: int = 5) -> Any:
+    """A boto3 S3 client from the standard AWS environment (used outside Dagster)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        config=Config(
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+        ),
+    )

@@ -9,21 +9,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 
+from pg_backup_assets import local_s3
 from pg_backup_assets.core import dumps
 from pg_backup_assets.core.codec import generate_identity
 from pg_backup_assets.core.config import load_config
-from pg_backup_assets.core.errors import PgBackupError
 from pg_backup_assets.core.offsite import offsite_repository
 from pg_backup_assets.core.pg import available_extensions
-from pg_backup_assets.core.pgserver import LocalCluster, free_port, hand_over_tree
+from pg_backup_assets.core.pgserver import LocalCluster, hand_over_tree
 from pg_backup_assets.core.repository import Repository
 from pg_backup_assets.core.restore import Target, restore
 from pg_backup_assets.core.s3storage import s3_client
@@ -130,46 +128,21 @@ def _offsite_store(state: Path, keep_running: bool) -> Iterator[str]:
 
     Either way it is on this machine, and the three_two_one check says so.
     """
-    server = Path(sys.executable).parent / "moto_server"
-    if not server.exists():
+    if not local_s3.available():
         folder = state / "offsite"
         shutil.rmtree(folder, ignore_errors=True)
         _say(f"offsite copies go to a second folder, {folder} (no local S3 endpoint installed)")
         yield f"offsite:\n  path: {folder}\n"
         return
-    for var, value in (("AWS_ACCESS_KEY_ID", "demo"), ("AWS_SECRET_ACCESS_KEY", "demo")):
-        os.environ.setdefault(var, value)
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(server), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        client = s3_client(endpoint, "us-east-1")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.create_bucket(Bucket=DEMO_BUCKET)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise PgBackupError(
-                        "the local S3 endpoint (moto_server) did not start"
-                    ) from None
-                time.sleep(0.2)
+    with local_s3.local_s3_endpoint(keep_running) as endpoint:
+        s3_client(endpoint, "us-east-1").create_bucket(Bucket=DEMO_BUCKET)
         _say(f"offsite copies go to a local S3 endpoint, {endpoint} (moto), bucket {DEMO_BUCKET}")
         yield (
             f"offsite:\n  s3: {{bucket: {DEMO_BUCKET}, prefix: demo/, "
             f"endpoint_url: '{endpoint}', region: us-east-1}}\n"
         )
-    finally:
         if keep_running:
             _say(f"the local S3 endpoint keeps running: {endpoint}")
-        else:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def _write_config(

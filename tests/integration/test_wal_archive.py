@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -279,3 +280,24 @@ def test_gap_logic_follows_a_timeline_switch(archiving, workdir):
         assert status.gaps.missing == [(victim, victim)]
     finally:
         copy.stop()
+
+
+def test_wal_push_stays_lean(archiving, workdir):
+    """archive_command runs once per segment: wal-push must not load dagster, boto3, pandas
+    or psycopg (measured cost: see BENCHMARKS.md)."""
+    cluster, config = archiving
+    segment = switch_and_wait_archived(cluster)
+    copy = workdir / segment
+    shutil.copy(cluster.data / "pg_wal" / segment, copy)
+    probe = (
+        "import sys\n"
+        "from pg_backup_assets.cli import main\n"
+        f"assert main(['--config', {str(config)!r}, 'wal-push', {str(copy)!r}]) == 0\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'dagster', 'boto3', 'botocore', 'pandas', 'psycopg'})\n"
+        "print(','.join(heavy))\n"
+    )
+    proc = subprocess.run(
+        [str(Path(sys.executable)), "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == ""

@@ -181,10 +181,10 @@ def take_base_backup(
             raise PgBackupError(f"pg_basebackup wrote unexpected files: {', '.join(unexpected)}")
         objects = {}
         with repo.new_set(prefix) as writer:
-            with open(out / "base.tar.zst", "rb") as f:
-                objects["base.tar"] = writer.put_stream("base.tar", f, precompressed=True)
-            with open(out / "backup_manifest", "rb") as f:
-                objects["backup_manifest"] = writer.put_stream("backup_manifest", f)
+            objects["base.tar"] = writer.put_file(
+                "base.tar", out / "base.tar.zst", precompressed=True
+            )
+            objects["backup_manifest"] = writer.put_file("backup_manifest", out / "backup_manifest")
             backup = BaseBackup(
                 cluster=cluster.name,
                 date=date,

@@ -54,7 +54,7 @@ class Encoded:
     raw_sha256: str
 
 
-class _HashingReader:
+class HashingReader:
     def __init__(self, raw: BinaryIO, progress: Progress | None = None):
         self._raw = raw
         self._progress = progress
@@ -116,7 +116,7 @@ def encode(
     only encrypted, and the stored form is the same ``age(zstd(raw))``. Its "raw" size and
     sha256 are then those of the zstd stream.
     """
-    raw = _HashingReader(src, progress)
+    raw = HashingReader(src, progress)
     out = _HashingWriter(dst)
     with contextlib.ExitStack() as stack:
         if precompressed:
@@ -153,7 +153,7 @@ def decode(
     are checked against it; a mismatch raises IntegrityError (after ``dst`` has received
     data, so callers that must not see bad data verify first with ``sha256_of``).
     """
-    stored = _HashingReader(src)
+    stored = HashingReader(src)
     out = _HashingWriter(dst)
     dctx = zstandard.ZstdDecompressor()
     try:

@@ -97,6 +97,29 @@ class Repository:
             created_at=time.time(),
         )
 
+    def put_file(self, key: str, path: Path, precompressed: bool = False) -> ObjectRecord:
+        """Store a finished local file as ``key`` (the codec suffix is appended).
+
+        A precompressed file that needs no encryption is moved in, not copied, when the
+        repository is on its filesystem (a base backup is the largest thing we store).
+        """
+        adopt = getattr(self.storage, "adopt", None)
+        if precompressed and not self.codec.encrypted and adopt is not None:
+            with open(path, "rb") as f:
+                digest, size = sha256_of(f)
+            if adopt(path, key + self.codec.suffix):
+                return ObjectRecord(
+                    key=key + self.codec.suffix,
+                    raw_bytes=size,
+                    stored_bytes=size,
+                    sha256=digest,
+                    raw_sha256=digest,
+                    encrypted=False,
+                    created_at=time.time(),
+                )
+        with open(path, "rb") as f:
+            return self.put_stream(key, f, precompressed=precompressed)
+
     def verify(self, record: ObjectRecord) -> None:
         """Re-read a stored object and compare size and sha256 with the catalog."""
         with self.storage.open(record.key) as f:
@@ -195,6 +218,11 @@ class _SetWriter:
         precompressed: bool = False,
     ) -> ObjectRecord:
         record = self.repo.put_stream(f"{self.prefix}/{name}", src, progress, precompressed)
+        self.records.append(record)
+        return record
+
+    def put_file(self, name: str, path: Path, precompressed: bool = False) -> ObjectRecord:
+        record = self.repo.put_file(f"{self.prefix}/{name}", path, precompressed)
         self.records.append(record)
         return record
 

@@ -19,9 +19,10 @@ import psycopg
 import pyrage
 
 from pg_backup_assets.core.basebackup import BaseBackup, find_restore_point, list_base_backups
+from pg_backup_assets.core.codec import HashingReader
 from pg_backup_assets.core.config import ClusterConfig
 from pg_backup_assets.core.dumps import Log
-from pg_backup_assets.core.errors import CommandError, NotFoundError, PgBackupError
+from pg_backup_assets.core.errors import CommandError, IntegrityError, NotFoundError, PgBackupError
 from pg_backup_assets.core.pgserver import LocalCluster, hand_over_tree
 from pg_backup_assets.core.repository import Repository
 from pg_backup_assets.core.wal import Segment, find_gaps, format_lsn, parse_lsn
@@ -162,7 +163,6 @@ def restore(
     )
 
     t0 = time.monotonic()
-    repo.verify(backup.objects["base.tar"])
     to.mkdir(parents=True, exist_ok=True)
     extract_backup(repo, backup, to, log)
     with open(to / "backup_manifest", "wb") as f:
@@ -196,11 +196,7 @@ def _check_target_dir(to: Path, force: bool) -> None:
                 f"{to} is not empty; restore into an empty or new folder (or pass --force to "
                 "delete what is in it first)"
             )
-        for child in to.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+        _empty(to)
 
 
 def _check_compatible(backup: BaseBackup, start: bool) -> None:
@@ -256,38 +252,63 @@ def _check_wal(
 
 
 def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> None:
-    """Decrypt and untar a base backup into ``to``; tar decompresses (stored: age(zstd(tar)))."""
+    """Decrypt and untar a base backup into ``to``; tar decompresses (stored: age(zstd(tar))).
+
+    One pass: the stored bytes are hashed on their way to tar. If they do not match the
+    catalog, whatever tar wrote is removed again and the restore fails.
+    """
     record = backup.objects["base.tar"]
     identities = repo.identities() if record.encrypted else None  # fail before tar starts
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, repo.storage.open(record.key) as f:
+        stored = HashingReader(f)
         proc = subprocess.Popen(
             ["tar", "-x", "-f", "-", "-C", str(to), "--no-same-owner", "--zstd"],
             stdin=subprocess.PIPE,
             stderr=err,
         )
-        sink = _ProgressSink(proc.stdin, record.raw_bytes, log)
+        sink = _ProgressSink(proc.stdin, record.stored_bytes, log)
+        failure: str | None = None
         try:
-            with repo.storage.open(record.key) as f, contextlib.suppress(BrokenPipeError):
-                # A broken pipe means tar stopped: its exit status and stderr say why.
+            # A broken pipe means tar stopped: its exit status and stderr say why.
+            with contextlib.suppress(BrokenPipeError):
                 if identities is not None:
                     try:
-                        pyrage.decrypt_io(f, sink, identities)
+                        pyrage.decrypt_io(stored, sink, identities)
                     except (pyrage.DecryptError, OSError) as exc:
-                        raise PgBackupError(f"cannot decrypt {record.key}: {exc}") from None
+                        failure = f"cannot decrypt {record.key}: {exc}"
                 else:
-                    while chunk := f.read(1 << 20):
+                    while chunk := stored.read(1 << 20):
                         sink.write(chunk)
         finally:
             # Whatever happened, tar must see the end of its input, or wait() never returns.
             with contextlib.suppress(OSError):
                 proc.stdin.close()
             rc = proc.wait()
+        while stored.read(1 << 20):  # the rest, if tar or age stopped early
+            pass
+        if stored.hash.hexdigest() != record.sha256 or stored.count != record.stored_bytes:
+            _empty(to)
+            raise IntegrityError(
+                f"{record.key} in {repo.describe()} is damaged: sha256 "
+                f"{stored.hash.hexdigest()} does not match the catalog's {record.sha256}; "
+                f"nothing was restored into {to}"
+            )
+        if failure:
+            raise PgBackupError(failure)
         if rc != 0:
             err.seek(0)
             raise CommandError(
                 f"extracting {backup.label} into {to} failed: "
                 f"{err.read().decode(errors='replace').strip()[-1000:]}"
             )
+
+
+def _empty(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 class _ProgressSink:

@@ -115,6 +115,19 @@ class LocalStorage:
                 tmp.unlink()
             raise
 
+    def adopt(self, path: Path, key: str) -> bool:
+        """Move a finished file on the same filesystem into the repository as ``key``
+        (fsynced, then renamed: no copy). False when it is on another filesystem."""
+        final = self.path(key)
+        _mkdirs(final.parent)
+        if path.stat().st_dev != final.parent.stat().st_dev:
+            return False
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(path, final)
+        fsync_dir(final.parent)
+        return True
+
     def open(self, key: str) -> BinaryIO:
         try:
             return open(self.path(key), "rb")

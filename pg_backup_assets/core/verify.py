@@ -27,8 +27,7 @@ def verify_base_backup(
     repo: Repository, cluster: str, backup: BaseBackup, log: Log = print
 ) -> BackupVerdict:
     try:
-        for record in backup.objects.values():
-            repo.verify(record)
+        # Both reads below check each object's sha256 against the catalog.
         with repo.staging() as scratch:
             data = scratch / "data"
             data.mkdir()

@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -147,27 +148,38 @@ class S3Storage:
 
 
 class _Upload:
-    """A file-like that uploads what is written to it, in parts."""
+    """A file-like that uploads what is written to it, several parts in flight.
+
+    Memory is bounded by ``IN_FLIGHT`` parts whatever the object's size. Part sizes double
+    every 1,000 parts, so an object of any size fits S3's 10,000-part limit.
+    """
+
+    IN_FLIGHT = 4
 
     def __init__(self, storage: S3Storage, key: str):
         self.s = storage
         self.key = key
-        self.buffer = bytearray()
-        self.sha256 = hashlib.sha256()
-        self.size = 0
+        self.chunks: list[bytes] = []
+        self.buffered = 0
         self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
+        self.futures: list[Future[dict[str, Any]]] = []
+        self.pool: ThreadPoolExecutor | None = None
 
     def writable(self) -> bool:
         return True
 
+    def _part_size(self) -> int:
+        return self.s.part_size << (len(self.futures) // 1000)
+
     def write(self, data) -> int:  # noqa: ANN001 - bytes-like
-        self.buffer += data
-        self.sha256.update(data)
-        self.size += len(data)
-        while len(self.buffer) >= self.s.part_size:
-            self._send_part(bytes(self.buffer[: self.s.part_size]))
-            del self.buffer[: self.s.part_size]
+        self.chunks.append(bytes(data))
+        self.buffered += len(data)
+        while self.buffered >= self._part_size():
+            blob = b"".join(self.chunks)
+            size = self._part_size()
+            self.chunks = [blob[size:]] if len(blob) > size else []
+            self.buffered = len(blob) - size
+            self._send_part(blob[:size])
         return len(data)
 
     def flush(self) -> None:
@@ -183,6 +195,7 @@ class _Upload:
             **self.s._lock_args(),
         )
         self.upload_id = created["UploadId"]
+        self.pool = ThreadPoolExecutor(self.IN_FLIGHT, thread_name_prefix="s3-part")
 
     def _clear_stale_uploads(self) -> None:
         # Uploads of this key that an earlier failure could not abort: invisible, but billed.
@@ -202,7 +215,17 @@ class _Upload:
     def _send_part(self, data: bytes) -> None:
         if self.upload_id is None:
             self._start()
-        number = len(self.parts) + 1
+        # Bound what is in flight: wait for the oldest part before queueing another.
+        pending = [f for f in self.futures if not f.done()]
+        if len(pending) >= self.IN_FLIGHT:
+            pending[0].result()
+        for f in self.futures:
+            if f.done() and f.exception():
+                f.result()  # a part failed for good: stop sending
+        number = len(self.futures) + 1
+        self.futures.append(self.pool.submit(self._upload_part, number, data))
+
+    def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
         sent = self.s._call(
             f"upload of part {number} of {self.key}",
             self.s.client.upload_part,
@@ -211,13 +234,12 @@ class _Upload:
             UploadId=self.upload_id,
             PartNumber=number,
             Body=data,
-            ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode(),
+            ContentMD5=_md5(data),
         )
-        self.parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+        return {"PartNumber": number, "ETag": sent["ETag"]}
 
     def finish(self) -> None:
-        digest = self.sha256.hexdigest()
-        data = bytes(self.buffer)
+        data = b"".join(self.chunks)
         if self.upload_id is None:  # small object: one atomic PUT
             self.s._call(
                 f"upload of {self.key}",
@@ -225,30 +247,41 @@ class _Upload:
                 Bucket=self.s.bucket,
                 Key=self.key,
                 Body=data,
-                ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode(),
-                Metadata={"sha256": digest},
+                ContentMD5=_md5(data),
                 **self.s._lock_args(),
             )
             return
         if data:
             self._send_part(data)
+        parts = [f.result() for f in self.futures]
         self.s._call(
             f"completion of {self.key}",
             self.s.client.complete_multipart_upload,
             Bucket=self.s.bucket,
             Key=self.key,
             UploadId=self.upload_id,
-            MultipartUpload={"Parts": self.parts},
+            MultipartUpload={"Parts": parts},
         )
         self.upload_id = None
+        self._close_pool()
 
     def abort(self) -> None:
+        self._close_pool()
         if self.upload_id is not None:
             with contextlib.suppress(BotoCoreError, ClientError):
                 self.s.client.abort_multipart_upload(
                     Bucket=self.s.bucket, Key=self.key, UploadId=self.upload_id
                 )
             self.upload_id = None
+
+    def _close_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
 def _code(exc: ClientError) -> str:

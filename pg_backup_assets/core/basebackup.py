@@ -53,9 +53,12 @@ class BaseBackup:
     def size_bytes(self) -> int:
         return sum(o.stored_bytes for o in self.objects.values())
 
+    stored_time: float = 0.0  # when every object was durable in the repository
+
     @property
     def duration_s(self) -> float:
-        return self.stop_time - self.start_time
+        """Wall time from start to the backup being stored (what the asset took)."""
+        return max(self.stored_time, self.stop_time) - self.start_time
 
     @property
     def prefix(self) -> str:
@@ -80,6 +83,7 @@ class BaseBackup:
             "data_checksums": self.data_checksums,
             "compression": self.compression,
             "tier": self.tier,
+            "stored_time": self.stored_time,
             "objects": {k: record_dict(v) for k, v in self.objects.items()},
         }
 
@@ -104,6 +108,7 @@ class BaseBackup:
             compression=d["compression"],
             objects={k: ObjectRecord.from_dict(v) for k, v in d["objects"].items()},
             tier=d.get("tier", "daily"),
+            stored_time=d.get("stored_time", 0.0),
         )
 
 
@@ -203,6 +208,7 @@ def take_base_backup(
                 data_checksums=details["data_checksums"],
                 compression="zstd level 3 (server)",
                 objects=objects,
+                stored_time=time.time(),
             )
             writer.commit(backup.to_dict())
     log(
@@ -215,11 +221,11 @@ def take_base_backup(
 def _run_with_progress(args: list[str], env: dict[str, str], out: Path, log: Log) -> None:
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stderr=err, env={**os.environ, **env})
-        last = time.monotonic()
-        while proc.poll() is None:
-            time.sleep(0.2)
-            if time.monotonic() - last >= 10:
-                last = time.monotonic()
+        while True:
+            try:
+                proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
                 size = sum(p.stat().st_size for p in out.glob("*")) if out.exists() else 0
                 log(f"pg_basebackup: {size / 2**20:.0f} MiB compressed so far")
         if proc.returncode != 0:

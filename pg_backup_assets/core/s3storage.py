@@ -1,7 +1,7 @@
 """The S3 storage backend (any S3-compatible store through ``endpoint_url``).
 
-Objects are streamed: large ones as multipart uploads whose parts carry Content-MD5 (the
-store checks each part). The upload is completed only when the writing block exits
+Objects are streamed: large ones as multipart uploads whose parts carry a CRC32 checksum
+that the store checks. The upload is completed only when the writing block exits
 cleanly, after the caller has compared the sha256 of what it sent with the catalog's, so
 a copy that went wrong is never visible. An
 upload that fails is aborted; one the store could not be told to abort stays invisible
@@ -10,10 +10,8 @@ and is cleared by the next upload of the same key.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -192,6 +190,7 @@ class _Upload:
             self.s.client.create_multipart_upload,
             Bucket=self.s.bucket,
             Key=self.key,
+            ChecksumAlgorithm="CRC32",
             **self.s._lock_args(),
         )
         self.upload_id = created["UploadId"]
@@ -234,9 +233,9 @@ class _Upload:
             UploadId=self.upload_id,
             PartNumber=number,
             Body=data,
-            ContentMD5=_md5(data),
+            ChecksumAlgorithm="CRC32",
         )
-        return {"PartNumber": number, "ETag": sent["ETag"]}
+        return {"PartNumber": number, "ETag": sent["ETag"], "ChecksumCRC32": sent["ChecksumCRC32"]}
 
     def finish(self) -> None:
         data = b"".join(self.chunks)
@@ -247,7 +246,7 @@ class _Upload:
                 Bucket=self.s.bucket,
                 Key=self.key,
                 Body=data,
-                ContentMD5=_md5(data),
+                ChecksumAlgorithm="CRC32",
                 **self.s._lock_args(),
             )
             return
@@ -278,10 +277,6 @@ class _Upload:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
-
-
-def _md5(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
 def _code(exc: ClientError) -> str:

@@ -141,7 +141,7 @@ class LocalStorage:
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root / folder if folder else self.root
         out = []
-        for dirpath, dirs, files in os.walk(start):
+        for dirpath, dirs, files in os.walk(start, onerror=_walk_error):
             if start == self.root:
                 dirs[:] = [d for d in dirs if not d.startswith(".")]  # .staging etc.
             for name in files:
@@ -172,6 +172,14 @@ class LocalStorage:
         except FileNotFoundError:
             return
         fsync_dir(path.parent)
+
+
+def _walk_error(exc: OSError) -> None:
+    # An unreadable folder must not look like an empty one ("segment not archived").
+    if not isinstance(exc, FileNotFoundError):
+        raise PgBackupError(
+            f"cannot read {exc.filename}: {exc.strerror} (as OS user {_whoami()})"
+        ) from None
 
 
 def _whoami() -> str:

@@ -35,3 +35,23 @@ ui: setup
 
 clean:
 	rm -rf .demo .pytest_cache .ruff_cache
+
+# Side-by-side benchmark: `pgbackup wal-push` against pgBackRest's archive-push (installs
+# Debian's pgbackrest when missing, benchmark only; writes BENCHMARKS.md). See bench/README.md.
+.PHONY: bench-wal
+bench-wal: setup
+	$(BIN)/python bench/wal_push.py $(BENCH_ARGS)
+
+# Side-by-side benchmark: base backup and restore against pg_basebackup and pgBackRest
+# (a ~1.2 GiB database; installs Debian's pgbackrest when missing, benchmark only; writes
+# BENCHMARKS.md). See bench/README.md.
+.PHONY: bench-base
+bench-base: setup
+	$(BIN)/python bench/base_backup.py $(BENCH_ARGS)
+
+# Side-by-side benchmark: our offsite upload to S3 (copy_key -> S3Storage) against boto3's
+# upload_file (and `aws s3 cp` when installed), against a local moto server (~1.5 GiB of
+# scratch files; writes BENCHMARKS.md). See bench/README.md.
+.PHONY: bench-s3
+bench-s3: setup
+	$(BIN)/python bench/s3_upload.py $(BENCH_ARGS)

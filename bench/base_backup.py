@@ -1,0 +1,1015 @@
+"""Side-by-side benchmark: base backup and restore with pgbackup against pg_basebackup and
+pgBackRest.
+
+One throwaway PostgreSQL 15 cluster is loaded with a database of about 1.2 GiB (pgbench
+tables, which compress very well, plus ~40 % random ``bytea``, which does not compress at
+all). Its ``archive_command`` archives every WAL file twice, ``pgbackup wal-push`` first
+and then ``pgbackrest archive-push``, so that both tools have what they need for their
+backups and restores. Then, on that same idle database:
+
+1. full backups, alternating the tools round by round (ABCD, BCDA, CDAB, ...):
+   ``take_base_backup`` (ours, plain and age-encrypted), bare ``pg_basebackup`` with the
+   same compression as ours, and ``pgbackrest backup --type=full`` (zstd level 3,
+   ``process-max=2``);
+2. restores of the newest backup into an empty folder, alternating the same way:
+   ``restore(..., start=False)`` (ours, plain and age), ``pgbackrest restore`` and, as a
+   floor, bare ``tar --zstd -x`` of our stored archive;
+3. the size of one backup of each tool in its repository;
+4. a check that the last restore of each tool starts, recovers and holds the same rows.
+
+Run from the checkout (as root on Debian, so pgBackRest can be installed and PostgreSQL
+can run as ``postgres``)::
+
+    .venv/bin/python bench/base_backup.py [--reps 5] [--scale 50]
+
+Results go to stdout, to ``BENCHMARKS.md`` (section ``## Base backup and restore vs
+pg_basebackup and pgBackRest``, replaced on each run; other sections stay) and, raw, to
+``bench/out/base_backup-last.json``. There are no timing assertions: this measures, it
+does not judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import pwd
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from common import (
+    BENCHMARKS,
+    OUT,
+    ROOT,
+    STANZA,
+    BenchError,
+    as_postgres,
+    files_under,
+    foreign_cpu,
+    load_now,
+    log,
+    machine,
+    ours_conf,
+    owned_dir,
+    pgbackrest_cmd,
+    pgbackrest_conf,
+    pgbench,
+    postmaster_pid,
+    run,
+    run_with_pgbackrest,
+    sha256_file,
+    sql,
+    switch_and_wait,
+    tree_bytes,
+    wait_idle,
+    write_benchmarks,
+)
+
+from pg_backup_assets.core.basebackup import take_base_backup
+from pg_backup_assets.core.codec import generate_identity
+from pg_backup_assets.core.config import load_config
+from pg_backup_assets.core.pg import tool
+from pg_backup_assets.core.pgserver import SERVER_USER, LocalCluster, hand_over, hand_over_tree
+from pg_backup_assets.core.repository import ObjectRecord, Repository
+from pg_backup_assets.core.restore import Target, restore
+from pg_backup_assets.core.walarchive import archive_command, quote_setting
+
+HEADING = "## Base backup and restore vs pg_basebackup and pgBackRest"
+GIB = 1 << 30
+MIB = 1 << 20
+RANDOM_BATCH_MIB = 32
+PGBB_OPTIONS = ["-Ft", "-X", "none", "-c", "fast", "--compress=server-zstd:level=3,workers=2"]
+PGBR_OPTIONS = {
+    "process-max": "2",
+    "start-fast": "y",
+    "repo1-retention-full": "99",  # nothing expires during the run; silences a warning
+    "archive-async": "n",
+}
+
+B_OURS = "pgbackup base backup"
+B_OURS_AGE = "pgbackup base backup, age"
+B_PGBB = "pg_basebackup (bare)"
+B_PGBR = "pgBackRest backup"
+BACKUPS = (B_OURS, B_OURS_AGE, B_PGBB, B_PGBR)
+R_OURS = "pgbackup restore"
+R_OURS_AGE = "pgbackup restore, age"
+R_PGBR = "pgBackRest restore"
+R_TAR = "tar --zstd -x of our archive (floor)"
+RESTORES = (R_OURS, R_OURS_AGE, R_PGBR, R_TAR)
+
+
+# -- ours, with its phases timed ------------------------------------------------------------
+class TimedRepository(Repository):
+    """A Repository that records when it stored objects (``put_file``/``put_stream``,
+    outermost call only) and when it ran ``verify``; nothing else changes. Where a base
+    backup or a restore of ours spends its time."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, str, float, float]] = []
+        self._depth = 0
+
+    def _timed(self, what: str, key: str, fn: Callable[[], Any]) -> Any:
+        if self._depth:
+            return fn()
+        self._depth += 1
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self._depth -= 1
+            self.calls.append((what, key, t0, time.perf_counter()))
+
+    def put_stream(
+        self, key: str, src: BinaryIO, progress: Any = None, precompressed: bool = False
+    ) -> ObjectRecord:
+        parent = super()
+        return self._timed(
+            "store", key, lambda: parent.put_stream(key, src, progress, precompressed)
+        )
+
+    def put_file(self, key: str, path: Path, precompressed: bool = False) -> ObjectRecord:
+        parent = super()
+        return self._timed("store", key, lambda: parent.put_file(key, path, precompressed))
+
+    def verify(self, record: ObjectRecord) -> None:
+        parent = super()
+        self._timed("verify", record.key, lambda: parent.verify(record))
+
+
+# -- one timed operation -----------------------------------------------------------------------
+@dataclass
+class Op:
+    """One timed run of one tool: wall time until it returned, then until ``sync -f``."""
+
+    label: str
+    round: int
+    seconds: float
+    sync_s: float
+    foreign_cpu: float
+    other_servers: int
+    bytes: int = 0
+    files: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+    discarded: bool = False  # other processes were too busy meanwhile; run again
+
+
+def sync_all() -> None:
+    subprocess.run(["sync"], check=False)
+
+
+def sync_fs(path: Path) -> float:
+    """Seconds that ``sync -f PATH`` (syncfs of its filesystem) takes."""
+    t0 = time.perf_counter()
+    subprocess.run(["sync", "-f", str(path)], check=False)
+    return time.perf_counter() - t0
+
+
+def measure(
+    label: str,
+    rnd: int,
+    fn: Callable[[], dict[str, Any]],
+    durable: Path,
+    own: Sequence[int],
+    mine: set[str],
+) -> Op:
+    """Run ``fn`` timed (a clean page cache of dirty data first; ``sync -f`` timed after)."""
+    sync_all()
+    before = load_now(own)
+    t0 = time.perf_counter()
+    extra = fn()
+    seconds = time.perf_counter() - t0
+    sync_s = sync_fs(durable)
+    after = load_now(own)
+    others = {*before["postgres_servers"], *after["postgres_servers"]} - mine
+    op = Op(label, rnd, seconds, sync_s, foreign_cpu(before, after), len(others), **extra)
+    log(
+        f"  {label:<38} {seconds:7.2f} s  (+ sync {sync_s:.2f} s)  "
+        f"{op.bytes / MIB:8.1f} MiB  other CPU {op.foreign_cpu:.2f}"
+    )
+    return op
+
+
+# -- the database ------------------------------------------------------------------------------
+def load(cluster: LocalCluster, scale: int, share: float, min_bytes: int) -> dict[str, Any]:
+    """pgbench -i (compressible) plus random bytea rows (incompressible) until they make up
+    ``share`` of the database; then VACUUM, CHECKPOINT and an archived WAL switch."""
+    log(f"pgbench -i -s {scale}")
+    t0 = time.monotonic()
+    pgbench(cluster, "-i", "-q", "-s", str(scale))
+    sql(
+        cluster,
+        "CREATE EXTENSION IF NOT EXISTS pgcrypto",
+        "CREATE TABLE noise (id bigserial PRIMARY KEY, payload bytea NOT NULL)",
+    )
+    rows = RANDOM_BATCH_MIB * 1024  # 1 KiB of random bytes per row, stored inline
+    batches = 0
+    while True:
+        ((noise, total),) = sql(
+            cluster, "SELECT pg_total_relation_size('noise'), pg_database_size('postgres')"
+        )
+        if noise >= share * total and total >= min_bytes:
+            break
+        sql(
+            cluster,
+            "INSERT INTO noise (payload) SELECT gen_random_bytes(1024) "
+            f"FROM generate_series(1, {rows})",
+        )
+        batches += 1
+        if batches % 4 == 0:
+            log(f"random bytea: {batches * RANDOM_BATCH_MIB} MiB inserted")
+    log("VACUUM ANALYZE, CHECKPOINT")
+    sql(cluster, "VACUUM ANALYZE", "CHECKPOINT")
+    switch_and_wait(cluster)
+    rels = sql(
+        cluster,
+        "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'r' AND n.nspname = 'public' ORDER BY 2 DESC",
+    )
+    ((db_bytes, accounts_rows, noise_rows),) = sql(
+        cluster,
+        "SELECT pg_database_size('postgres'), (SELECT count(*) FROM pgbench_accounts), "
+        "(SELECT count(*) FROM noise)",
+    )
+    data_bytes = tree_bytes(cluster.data) - tree_bytes(cluster.data / "pg_wal")
+    if db_bytes < min_bytes:
+        raise BenchError(f"the database is {db_bytes:,} bytes, less than wanted: raise --scale")
+    return {
+        "scale": scale,
+        "share_wanted": share,
+        "random_batches": batches,
+        "random_batch_mib": RANDOM_BATCH_MIB,
+        "db_bytes": db_bytes,
+        "data_dir_bytes": data_bytes,
+        "relations": {name: size for name, size in rels},
+        "accounts_rows": accounts_rows,
+        "noise_rows": noise_rows,
+        "load_s": time.monotonic() - t0,
+    }
+
+
+CHECKS = (
+    "SELECT count(*), md5(string_agg(md5(payload), '' ORDER BY id)) FROM noise",
+    "SELECT count(*), sum(abalance), sum(bid) FROM pgbench_accounts",
+    "SELECT count(*) FROM pgbench_branches",
+    "SELECT count(*) FROM pgbench_tellers",
+)
+
+
+def fingerprint(cluster: LocalCluster) -> list[str]:
+    return [repr(sql(cluster, q)[0]) for q in CHECKS]
+
+
+def check_restored(data: Path, base: Path, want: list[str], timeout: float = 900) -> str:
+    """Start a restored data directory (archiving off), let it recover to the end of the
+    archive and compare its rows with the source; the result in words."""
+    server = LocalCluster(base, data=data)
+    try:
+        server.adopt({"archive_mode": "off"}).start(timeout=int(timeout))
+        deadline = time.monotonic() + timeout
+        while sql(server, "SELECT pg_is_in_recovery()")[0][0]:
+            if time.monotonic() > deadline:
+                return f"still recovering after {timeout:.0f}s"
+            time.sleep(0.5)
+        got = fingerprint(server)
+        return "identical rows" if got == want else f"DIFFERENT: {got} vs {want}"
+    except Exception as exc:  # reported, not raised: the report says it
+        return f"FAILED to start: {exc}"
+    finally:
+        server.stop()
+        if server.running():
+            log(f"WARNING: the server in {data} is still running")
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+@dataclass
+class Setup:
+    work: Path
+    exe: str
+    cluster: LocalCluster
+    day: str
+    ours_conf: Path
+    age_conf: Path
+    pgbr_conf: Path
+    ours_repo: Path
+    age_repo: Path
+    pgbr_repo: Path
+    own: list[int] = field(default_factory=list)
+
+    @property
+    def mine(self) -> set[str]:
+        return {str(self.cluster.data)}
+
+
+def pgbr_sets(repo: Path) -> list[str]:
+    folder = repo / "backup" / STANZA
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if re.fullmatch(r"\d{8}-\d{6}F", p.name))
+
+
+def ours_backup(s: Setup, conf: Path) -> Callable[[], dict[str, Any]]:
+    cfg = load_config(conf)
+    repo = TimedRepository.from_config(cfg)
+
+    def go() -> dict[str, Any]:
+        lines: list[tuple[float, str]] = []
+        t0 = time.perf_counter()
+        backup = take_base_backup(
+            repo, cfg.cluster(STANZA), s.day, log=lambda m: lines.append((time.perf_counter(), m))
+        )
+        t1 = time.perf_counter()
+        puts = [(a, b) for what, _k, a, b in repo.calls if what == "store"]
+        repo.calls.clear()
+        folder = Path(cfg.repository) / backup.prefix
+        first_put = min(a for a, _ in puts)
+        stored = sum(b - a for a, b in puts)
+        return {
+            "bytes": tree_bytes(folder),
+            "files": len(files_under(folder)),
+            "phases": {
+                "pg_basebackup_s": first_put - t0,
+                "store_s": stored,
+                "rest_s": (t1 - t0) - (first_put - t0) - stored,
+            },
+            "detail": {
+                "label": backup.label,
+                "prefix": backup.prefix,
+                "objects": {k: vars(v) for k, v in backup.objects.items()},
+                "log": [f"{t - t0:.2f}s {m}" for t, m in lines],
+            },
+        }
+
+    return go
+
+
+def pgbb_backup(s: Setup, rnd: str) -> tuple[Callable[[], dict[str, Any]], list[str], Path]:
+    dest = s.work / f"pg_basebackup-{rnd}"
+    conn = ["-h", "127.0.0.1", "-p", str(s.cluster.port), "-U", "postgres", "--no-password"]
+    cmd = [tool("pg_basebackup", 15), *PGBB_OPTIONS, "-D", str(dest), *conn]
+
+    def go() -> dict[str, Any]:
+        proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise BenchError(f"pg_basebackup failed: {proc.stderr.decode()[-2000:]}")
+        return {"bytes": tree_bytes(dest), "files": len(files_under(dest))}
+
+    return go, cmd, dest
+
+
+def pgbr_backup(s: Setup) -> tuple[Callable[[], dict[str, Any]], list[str]]:
+    cmd = pgbackrest_cmd(s.exe, s.pgbr_conf, "backup", "--type=full")
+
+    def go() -> dict[str, Any]:
+        had = set(pgbr_sets(s.pgbr_repo))
+        run(cmd, "pgbackrest backup", timeout=3600)
+        new = [x for x in pgbr_sets(s.pgbr_repo) if x not in had]
+        if len(new) != 1:
+            raise BenchError(f"expected one new pgBackRest backup set, found {new}")
+        folder = s.pgbr_repo / "backup" / STANZA / new[0]
+        return {
+            "bytes": tree_bytes(folder),
+            "files": len(files_under(folder)),
+            "detail": {"label": new[0]},
+        }
+
+    return go, cmd
+
+
+def empty_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    path.chmod(0o700)
+    hand_over(path)
+    return path
+
+
+def ours_restore(s: Setup, conf: Path, dest: Path) -> Callable[[], dict[str, Any]]:
+    cfg = load_config(conf)
+    repo = TimedRepository.from_config(cfg)
+
+    def go() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        result = restore(
+            repo, cfg.cluster(STANZA), conf, dest, Target.parse(None, None), start=False, log=_quiet
+        )
+        total = time.perf_counter() - t0
+        verify = sum(b - a for what, _k, a, b in repo.calls if what == "verify")
+        repo.calls.clear()
+        fe = result.fetch_extract_s
+        return {
+            "bytes": tree_bytes(dest),
+            "files": len(files_under(dest)),
+            "phases": {
+                "verify_s": verify,
+                "extract_s": fe - verify,
+                "rest_s": total - fe,
+            },
+            "detail": {"label": result.backup.label},
+        }
+
+    return go
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def pgbr_restore(s: Setup, dest: Path) -> tuple[Callable[[], dict[str, Any]], list[str]]:
+    cmd = pgbackrest_cmd(s.exe, s.pgbr_conf, f"--pg1-path={dest}", "restore")
+
+    def go() -> dict[str, Any]:
+        run(cmd, "pgbackrest restore", timeout=3600)
+        return {"bytes": tree_bytes(dest), "files": len(files_under(dest))}
+
+    return go, cmd
+
+
+def tar_restore(archive: Path, dest: Path) -> tuple[Callable[[], dict[str, Any]], list[str]]:
+    cmd = ["tar", "-x", "-f", str(archive), "-C", str(dest), "--no-same-owner", "--zstd"]
+
+    def go() -> dict[str, Any]:
+        proc = subprocess.run(cmd, capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise BenchError(f"tar failed: {proc.stderr.decode()[-2000:]}")
+        return {"bytes": tree_bytes(dest), "files": len(files_under(dest))}
+
+    return go, cmd
+
+
+def shown(cmd: Sequence[str], **names: Path | str) -> str:
+    """A command as the report shows it: ``names`` (e.g. ``DIR=dest``) replace paths."""
+    text = " ".join(cmd)
+    for name, value in sorted(names.items(), key=lambda kv: -len(str(kv[1]))):
+        text = text.replace(str(value), name)
+    return text
+
+
+def references(archive: Path, scratch: Path, n: int = 3) -> dict[str, float]:
+    """In-process medians on our stored archive (in the page cache): one read, one sha256
+    pass, and a copy into a new file on the same disk, fsynced (each after a ``sync``)."""
+    out: dict[str, list[float]] = {"read_s": [], "sha256_s": [], "copy_fsync_s": []}
+    for i in range(n):
+        sync_all()
+        t0 = time.perf_counter()
+        with open(archive, "rb") as f:
+            while f.read(MIB):
+                pass
+        t1 = time.perf_counter()
+        sha256_file(archive)
+        t2 = time.perf_counter()
+        dst = scratch / f"copy-{i}"
+        with open(archive, "rb") as f, open(dst, "wb") as g:
+            shutil.copyfileobj(f, g, MIB)
+            g.flush()
+            os.fsync(g.fileno())
+        t3 = time.perf_counter()
+        dst.unlink()
+        for key, d in zip(out, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            out[key].append(d)
+    return {k: statistics.median(v) for k, v in out.items()} | {"bytes": archive.stat().st_size}
+
+
+ENGINE_FILES = ("basebackup.py", "restore.py", "repository.py", "storage.py", "codec.py")
+
+
+def engine_fingerprint() -> dict[str, str]:
+    """Short sha256 of the engine modules this benchmark exercises (they change often)."""
+    core = ROOT / "pg_backup_assets" / "core"
+    return {name: sha256_file(core / name)[:12] for name in ENGINE_FILES}
+
+
+def rotated(items: Sequence[str], rnd: int) -> list[str]:
+    k = rnd % len(items)
+    return [*items[k:], *items[:k]]
+
+
+def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster) -> int:
+    engine = engine_fingerprint()  # the code imported at start-up is the code that runs
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    ours_repo = owned_dir(work / "ours-repo")
+    age_repo = owned_dir(work / "ours-age-repo")
+    pgbr_repo = owned_dir(work / "pgbackrest-repo")
+    key_text, recipient = generate_identity()
+    key = work / "age.key"
+    key.write_text(key_text)
+    key.chmod(0o600)
+    hand_over(key)
+    s = Setup(
+        work=work,
+        exe=exe,
+        cluster=cluster,
+        day=day,
+        ours_conf=ours_conf(work / "ours.yaml", ours_repo, cluster, None),
+        age_conf=ours_conf(work / "ours-age.yaml", age_repo, cluster, recipient, key),
+        pgbr_conf=pgbackrest_conf(work / "pgbackrest.conf", pgbr_repo, work, cluster, PGBR_OPTIONS),
+        ours_repo=ours_repo,
+        age_repo=age_repo,
+        pgbr_repo=pgbr_repo,
+    )
+    pgbr_push = " ".join(pgbackrest_cmd(exe, s.pgbr_conf, "archive-push")[len(as_postgres()) :])
+    both = f"{archive_command(s.ours_conf, STANZA)} && {pgbr_push} %p"
+    settings = {
+        "archive_mode": "on",
+        "archive_command": quote_setting(both),
+        "wal_level": "replica",
+        "max_wal_size": "'2GB'",
+        "checkpoint_timeout": "'30min'",
+        "shared_buffers": "'256MB'",
+        "autovacuum": "off",
+        "synchronous_commit": "off",
+    }
+    cluster.init(settings, fast=True).start()
+    s.own = [pid for pid in [postmaster_pid(cluster)] if pid]
+    pg_version = sql(cluster, "SHOW server_version")[0][0]
+    pgbr_version = run([*as_postgres(), exe, "version"], "pgbackrest version").stdout.strip()
+    run(pgbackrest_cmd(exe, s.pgbr_conf, "stanza-create"), "pgbackrest stanza-create")
+    run(pgbackrest_cmd(exe, s.pgbr_conf, "check"), "pgbackrest check")  # archiving works
+    db = load(cluster, args.scale, args.random_share, int(args.min_gib * GIB))
+    want = fingerprint(cluster)
+    log(
+        f"database: {db['db_bytes'] / GIB:.2f} GiB (pg_database_size), noise "
+        f"{db['relations']['noise'] / db['db_bytes']:.0%}; data directory without pg_wal "
+        f"{db['data_dir_bytes'] / GIB:.2f} GiB"
+    )
+
+    ops: list[Op] = []
+    waits: list[dict[str, Any]] = []
+    commands: dict[str, str] = {}
+    kept: dict[str, Any] = {}  # the newest backup of each tool, older ones are removed
+
+    def idle(phase: str, rnd: int) -> None:
+        t0 = time.monotonic()
+        now = wait_idle(args.wait_idle, str(cluster.data), args.max_busy, s.own)
+        others = sorted(set(now["postgres_servers"]) - s.mine)
+        waits.append({"phase": phase, "round": rnd, "waited_s": time.monotonic() - t0})
+        if others:
+            waits[-1]["other_servers"] = others
+
+    def sample(label: str, rnd: int, once: Callable[[str, int, int], Op]) -> None:
+        """One timed run of ``label``; run again (after waiting for quiet) when other
+        processes used more than --max-noise CPUs meanwhile. Discarded runs are kept in
+        the raw data, marked, and counted in the report."""
+        for attempt in range(args.retries + 1):
+            op = once(label, rnd, attempt)
+            ops.append(op)
+            if op.foreign_cpu <= args.max_noise or attempt == args.retries:
+                return
+            op.discarded = True
+            log(f"  discarded: other processes used {op.foreign_cpu:.2f} CPUs; again")
+            idle(f"retry {label}", rnd)
+
+    # -- backups -------------------------------------------------------------------------
+    do_ours, do_age = ours_backup(s, s.ours_conf), ours_backup(s, s.age_conf)
+
+    def backup_once(label: str, rnd: int, attempt: int) -> Op:
+        if label in (B_OURS, B_OURS_AGE):
+            repo = s.ours_repo if label == B_OURS else s.age_repo
+            op = measure(label, rnd, do_ours if label == B_OURS else do_age, repo, s.own, s.mine)
+            old = kept.get(label)
+            if old:
+                shutil.rmtree(repo / old["prefix"])
+        elif label == B_PGBB:
+            go, cmd, dest = pgbb_backup(s, f"{rnd}-{attempt}")
+            commands[B_PGBB] = shown(cmd, DIR=dest, WORK=work) + "   # as root"
+            op = measure(label, rnd, go, work, s.own, s.mine)
+            shutil.rmtree(dest)
+        else:
+            go, cmd = pgbr_backup(s)
+            commands[B_PGBR] = shown(cmd, WORK=work) + "   # as postgres"
+            op = measure(label, rnd, go, s.pgbr_repo, s.own, s.mine)
+            old = kept.get(label)
+            if old:
+                expire = pgbackrest_cmd(exe, s.pgbr_conf, "expire", f"--set={old['label']}")
+                run(expire, "pgbackrest expire")
+        if label != B_PGBB:
+            kept[label] = op.detail
+        return op
+
+    for rnd in range(-args.warmup, args.reps):
+        idle("backup", rnd)
+        log(f"backup round {rnd + 1}/{args.reps}" if rnd >= 0 else "backup warm-up (untimed)")
+        for label in rotated(BACKUPS, rnd):
+            sample(label, rnd, backup_once)
+
+    # The age repository gets a copy of the WAL archive, which restore checks for the
+    # backup's WAL (restore with start=False fetches none of it).
+    shutil.copytree(s.ours_repo / STANZA / "wal", s.age_repo / STANZA / "wal")
+    hand_over_tree(s.age_repo / STANZA / "wal")  # wal-fetch runs as postgres
+    ours_obj = kept[B_OURS]["objects"]["base.tar"]["key"]
+    archive = s.ours_repo / ours_obj
+    refs = references(archive, work)
+    log(f"in-process references on the stored archive: {refs}")
+
+    # -- restores ------------------------------------------------------------------------
+    restored: dict[str, Path] = {}
+
+    def restore_once(label: str, rnd: int, attempt: int) -> Op:
+        slug = re.sub(r"[^a-z]+", "-", label.lower()).strip("-")[:20]
+        dest = empty_dir(work / f"restore-{slug}-{rnd}-{attempt}")
+        if label == R_OURS:
+            go = ours_restore(s, s.ours_conf, dest)
+        elif label == R_OURS_AGE:
+            go = ours_restore(s, s.age_conf, dest)
+        elif label == R_PGBR:
+            go, cmd = pgbr_restore(s, dest)
+            commands[R_PGBR] = shown(cmd, DIR=dest, WORK=work) + "   # as postgres"
+        else:
+            go, cmd = tar_restore(archive, dest)
+            where = {"WORK/ours-repo/bench/base/DAY/LABEL": archive.parent}
+            commands[R_TAR] = shown(cmd, DIR=dest, WORK=work, **where) + "   # as root"
+        op = measure(label, rnd, go, dest, s.own, s.mine)
+        old = restored.get(label)
+        if old:
+            shutil.rmtree(old)
+        restored[label] = dest
+        return op
+
+    for rnd in range(-args.warmup, args.reps):
+        idle("restore", rnd)
+        log(f"restore round {rnd + 1}/{args.reps}" if rnd >= 0 else "restore warm-up (untimed)")
+        for label in rotated(RESTORES, rnd):
+            sample(label, rnd, restore_once)
+
+    # -- are the restores usable? -------------------------------------------------------
+    shutil.rmtree(restored.pop(R_TAR))  # no recovery settings: nothing to start
+    verified = {}
+    for label, dest in restored.items():
+        log(f"starting the last {label} to check it")
+        verified[label] = check_restored(dest, work / f"check-{dest.name}", want)
+        log(f"  {label}: {verified[label]}")
+        shutil.rmtree(dest, ignore_errors=True)
+
+    report = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "fs": subprocess.run(
+            ["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True
+        ).stdout.strip(),
+        "pg_version": pg_version,
+        "pgbackrest_version": pgbr_version,
+        "tar_version": subprocess.run(
+            ["tar", "--version"], capture_output=True, text=True
+        ).stdout.splitlines()[0],
+        "zstd_cli": subprocess.run(
+            ["zstd", "--version"], capture_output=True, text=True
+        ).stdout.strip(),
+        "reps": args.reps,
+        "engine": engine,
+        "engine_changed_during_run": engine != engine_fingerprint(),
+        "warmup": args.warmup,
+        "references": refs,
+        "max_busy": args.max_busy,
+        "max_noise": args.max_noise,
+        "database": db,
+        "ops": [vars(o) for o in ops],
+        "waits": waits,
+        "verified": verified,
+        "commands": commands,
+        "settings": settings,
+        "ours_yaml": s.ours_conf.read_text().replace(str(work), "WORK"),
+        "age_yaml": s.age_conf.read_text().replace(str(work), "WORK").replace(recipient, "age1…"),
+        "pgbackrest_conf": s.pgbr_conf.read_text().replace(str(work), "WORK"),
+        "archive_command": both.replace(str(work), "WORK"),
+    }
+    (OUT / "base_backup-last.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    problems = [f"{k}: {v}" for k, v in verified.items() if v != "identical rows"]
+    section = render(report)
+    print(section)
+    if problems:
+        for prob in problems:
+            log(f"PROBLEM: {prob}")
+        log("not writing BENCHMARKS.md: a restore did not recover to the source's rows")
+        return 1
+    if not args.no_report:
+        write_benchmarks(HEADING, section)
+        log(f"wrote {BENCHMARKS.relative_to(ROOT)}")
+    return 0
+
+
+# -- the report --------------------------------------------------------------------------------
+def stats(ops: list[dict], label: str) -> dict[str, Any]:
+    mine = [o for o in ops if o["label"] == label and o["round"] >= 0 and not o["discarded"]]
+    secs = [o["seconds"] for o in mine]
+    durable = [o["seconds"] + o["sync_s"] for o in mine]
+    phases: dict[str, float] = {}
+    for name in mine[0]["phases"]:
+        phases[name] = statistics.median(o["phases"][name] for o in mine)
+    return {
+        "n": len(mine),
+        "median": statistics.median(secs),
+        "min": min(secs),
+        "max": max(secs),
+        "durable": statistics.median(durable),
+        "sync": statistics.median(o["sync_s"] for o in mine),
+        "bytes": mine[-1]["bytes"],
+        "files": mine[-1]["files"],
+        "foreign_max": max(o["foreign_cpu"] for o in mine),
+        "other_servers": max(o["other_servers"] for o in mine),
+        "phases": phases,
+        "all": secs,
+    }
+
+
+def _mib(n: float) -> str:
+    return f"{n / MIB:,.1f} MiB"
+
+
+def render(r: dict) -> str:
+    m, db, ops = r["machine"], r["database"], r["ops"]
+    st = {label: stats(ops, label) for label in (*BACKUPS, *RESTORES)}
+    b_ours, b_pgbb, b_pgbr = st[B_OURS], st[B_PGBB], st[B_PGBR]
+    r_ours, r_pgbr, r_tar = st[R_OURS], st[R_PGBR], st[R_TAR]
+    rel = db["relations"]
+    pgbench_bytes = sum(v for k, v in rel.items() if k.startswith("pgbench_"))
+    noise = rel.get("noise", 0)
+    counted = [o for o in ops if o["round"] >= 0 and not o["discarded"]]
+    dropped = [o for o in ops if o["round"] >= 0 and o["discarded"]]
+    labels = [o["label"] for o in dropped]
+    fmax = max(o["foreign_cpu"] for o in counted)
+    fmean = statistics.fmean(o["foreign_cpu"] for o in counted)
+    others = max(o["other_servers"] for o in counted)
+    waited = sum(w["waited_s"] for w in r["waits"])
+    lines = [
+        HEADING,
+        "",
+        f"Measured {r['date']} with `bench/base_backup.py` (`make bench-base`): one run, "
+        f"the same database for every tool, backed up and restored {r['reps']} times per "
+        "tool, alternating the tools (ABCD, BCDA, CDAB, …), on the same machine and disk, "
+        f"after {r['warmup']} untimed warm-up round(s) of each.",
+        "",
+        f"- Machine: {m['nproc']} CPUs (`nproc`), {m['cpu']} (/proc/cpuinfo), Linux "
+        f"{m['kernel']}, data and repositories on {r['fs']} (one disk)",
+        f"- PostgreSQL {r['pg_version']}; {r['pgbackrest_version']} (Debian package); "
+        f"Python {m['python']}; {r['tar_version']}; {r['zstd_cli'].strip('* ')}",
+        f"- Database `postgres`: **{db['db_bytes'] / GIB:.2f} GiB** (`pg_database_size`); "
+        f"pgbench tables (`pgbench -i -s {db['scale']}`, {db['accounts_rows']:,} accounts "
+        f"rows) {_mib(pgbench_bytes)} ({pgbench_bytes / db['db_bytes']:.0%}); "
+        f"table `noise` of {db['noise_rows']:,} rows of 1 KiB `gen_random_bytes` "
+        f"(incompressible, inserted {db['random_batch_mib']} MiB per statement) {_mib(noise)} "
+        f"({noise / db['db_bytes']:.0%}). Data directory without `pg_wal`: "
+        f"{_mib(db['data_dir_bytes'])}, of which a backup of ours stores "
+        f"{b_ours['bytes'] / db['data_dir_bytes']:.0%}; data checksums on. VACUUM ANALYZE "
+        "and CHECKPOINT after loading; the server then stays up and idle (autovacuum off)",
+        "- WAL: `archive_command` archives every WAL file with both tools, ours first: "
+        f"`{r['archive_command']}`. Every backup therefore waits for the same archive "
+        "command for its last segment (pg_basebackup `-X none` waits for the archiver; "
+        "pgBackRest checks its own archive)",
+        f"- Before each round the script waited until no other PostgreSQL server ran and "
+        f"other processes used at most {r['max_busy']} CPUs ({waited:.0f} s of waiting in "
+        f"all). During the timed runs other processes used {fmean:.2f} CPUs on average, "
+        f"{fmax:.2f} at most (kernel I/O work included); other PostgreSQL servers seen: "
+        f"{others}. A run during which other processes used more than {r['max_noise']} "
+        f"CPUs was discarded and run again after the machine was quiet: {len(dropped)} "
+        f"discarded ({', '.join(f'{k} ×{n}' for k, n in Counter(labels).items()) or 'none'})",
+        "- Each run starts after `sync` (no dirty data of an earlier run left); *returned* is "
+        "the wall time until the tool returned, *durable* adds a following `sync -f` of the "
+        "target's filesystem (pgBackRest and pg_basebackup fsync what they write, ours "
+        "fsyncs its repository objects; restores by `tar` are not fsynced)",
+        "",
+        "| run | tool | runs | median returned s | min–max s | median durable s | "
+        "vs pgBackRest | vs pg_basebackup | output |",
+        "|---|---|:-:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(kind: str, label: str, vs_pgbr: str, vs_pgbb: str) -> str:
+        x = st[label]
+        return (
+            f"| {kind} | {label} | {x['n']} | {x['median']:.2f} | {x['min']:.2f}–{x['max']:.2f} "
+            f"| {x['durable']:.2f} | {vs_pgbr} | {vs_pgbb} | {_mib(x['bytes'])}, "
+            f"{x['files']:,} files |"
+        )
+
+    def ratio(a: dict, b: dict, bold: bool = False) -> str:
+        v = f"{a['median'] / b['median']:.2f}×"
+        return f"**{v}**" if bold else v
+
+    lines += [
+        row("backup", B_OURS, ratio(b_ours, b_pgbr, True), ratio(b_ours, b_pgbb, True)),
+        row("backup", B_OURS_AGE, ratio(st[B_OURS_AGE], b_pgbr), ratio(st[B_OURS_AGE], b_pgbb)),
+        row("backup", B_PGBB, ratio(b_pgbb, b_pgbr), "1.00×"),
+        row("backup", B_PGBR, "1.00×", ratio(b_pgbr, b_pgbb)),
+        row("restore", R_OURS, ratio(r_ours, r_pgbr, True), ""),
+        row("restore", R_OURS_AGE, ratio(st[R_OURS_AGE], r_pgbr), ""),
+        row("restore", R_PGBR, "1.00×", ""),
+        row("restore", R_TAR, ratio(r_tar, r_pgbr), ""),
+        "",
+        "*output*: for backups, one backup as stored (ours: the backup's folder "
+        "`bench/base/<day>/<label>/` with `base.tar.zst[.age]`, `backup_manifest.zst[.age]` "
+        "and `catalog.json`; pgBackRest: the backup set folder `backup/bench/<label>/`, "
+        "without its WAL archive; pg_basebackup: its `-D` folder); for restores, the "
+        "restored data directory.",
+        "",
+    ]
+    size = b_ours["bytes"] / b_pgbr["bytes"]
+    durable_r = r_ours["durable"] / r_pgbr["durable"]
+    lines += [
+        "Ratios (medians, this run):",
+        "",
+        f"- backup, ours ÷ pgBackRest: **{b_ours['median'] / b_pgbr['median']:.2f}×** "
+        f"(durable: {b_ours['durable'] / b_pgbr['durable']:.2f}×)",
+        f"- backup, ours ÷ bare pg_basebackup: **{b_ours['median'] / b_pgbb['median']:.2f}×** "
+        f"(durable: {b_ours['durable'] / b_pgbb['durable']:.2f}×)",
+        f"- restore, ours ÷ pgBackRest: **{r_ours['median'] / r_pgbr['median']:.2f}×** "
+        f"returned; **{durable_r:.2f}×** durable (`sync -f` after the restore took "
+        f"{r_ours['sync']:.2f} s after ours, which syncs the restored directory before it "
+        f"returns; {r_pgbr['sync']:.2f} s after pgBackRest)",
+        f"- repository size of one full backup, ours ÷ pgBackRest: **{size:.3f}×** "
+        f"({_mib(b_ours['bytes'])} vs {_mib(b_pgbr['bytes'])}; with age "
+        f"{st[B_OURS_AGE]['bytes'] / b_pgbr['bytes']:.3f}×)",
+        "",
+    ]
+    refs = r["references"]
+    b_age, r_age = st[B_OURS_AGE], st[R_OURS_AGE]
+
+    def part(what: str, plain: dict, age: dict, key: str | None) -> str:
+        """A row: ours plain and ours age, seconds and share of their own median."""
+        cells = []
+        for x in (plain, age):
+            v = x["median"] if key is None else x["phases"].get(key, 0.0)
+            cells.append(f"{v:.2f} | {v / x['median']:.0%}")
+        return f"| {what} | {cells[0]} | {cells[1]} |"
+
+    def ref(what: str, v: float, base: dict) -> str:
+        return f"| {what} | {v:.2f} | {v / base['median']:.0%} | | |"
+
+    lines += [
+        "Where ours goes (medians of the phases of its runs). `take_base_backup` and "
+        "`restore` run in the benchmark's process with a `Repository` subclass that "
+        "records when objects were stored (`put_file`/`put_stream`) and when `verify` ran; "
+        "shares are of each variant's own median:",
+        "",
+        "| part | ours s | share | ours, age s | share |",
+        "|---|---:|---:|---:|---:|",
+        part(
+            "backup: `pg_basebackup` into the staging folder, incl. connecting",
+            b_ours,
+            b_age,
+            "pg_basebackup_s",
+        ),
+        part(
+            "backup: storing the archive and manifest in the repository (sha256 and "
+            "rename, or encrypt-copy; fsync)",
+            b_ours,
+            b_age,
+            "store_s",
+        ),
+        part("backup: the rest (catalog, removing the staging folder)", b_ours, b_age, "rest_s"),
+        part("backup: whole run (median)", b_ours, b_age, None),
+        ref("reference: bare `pg_basebackup`, same options", b_pgbb["median"], b_ours),
+        ref(
+            f"reference, in-process: one read of our {_mib(refs['bytes'])} archive from the "
+            "page cache",
+            refs["read_s"],
+            b_ours,
+        ),
+        ref("reference, in-process: one sha256 pass over it", refs["sha256_s"], b_ours),
+        ref(
+            "reference, in-process: copying it into a new file, fsynced",
+            refs["copy_fsync_s"],
+            b_ours,
+        ),
+    ]
+    if r_ours["phases"].get("verify_s", 0) > 0.005 or r_age["phases"].get("verify_s", 0) > 0.005:
+        lines.append(
+            part(
+                "restore: a separate sha256 pass over the stored archive (`verify`)",
+                r_ours,
+                r_age,
+                "verify_s",
+            )
+        )
+    lines += [
+        part(
+            "restore: extraction (`tar --zstd -x` reads the archive while it is hashed; with "
+            "age: decrypted and piped into tar) and the manifest",
+            r_ours,
+            r_age,
+            "extract_s",
+        ),
+        part(
+            "restore: the rest (archive listing and WAL check, handing every file to "
+            "`postgres`, recovery settings)",
+            r_ours,
+            r_age,
+            "rest_s",
+        ),
+        part("restore: whole run (median)", r_ours, r_age, None),
+        ref("reference: bare `tar --zstd -x` of the same file", r_tar["median"], r_ours),
+        ref("reference: pgBackRest restore", r_pgbr["median"], r_ours),
+        "",
+        "Engine as measured (the code under `pg_backup_assets/` changes while it is being "
+        "written; sha256 prefixes of the files that ran): "
+        + ", ".join(f"`{k}` {v}" for k, v in r["engine"].items())
+        + (
+            " (the files changed during the run; the benchmark ran the version it loaded "
+            "at its start)."
+            if r["engine_changed_during_run"]
+            else "."
+        ),
+        "",
+        "Restores checked afterwards: the last restore of each tool was started (archiving "
+        "off), recovered to the end of the archive through its tool's `restore_command` "
+        "and compared with the source (row counts, sums, md5 of every `noise` row): "
+        + "; ".join(f"{k}: {v}" for k, v in r["verified"].items())
+        + ".",
+        "",
+        "Exact commands and settings (`WORK` = the benchmark's scratch folder in "
+        "`bench/out/`; `DIR` = a new, empty folder):",
+        "",
+        "```sh",
+        "# ours, in the benchmark's process (as root; PostgreSQL runs as postgres):",
+        "take_base_backup(Repository.from_config(load_config('WORK/ours.yaml')), "
+        "cluster 'bench', DAY)",
+        "#   runs: pg_basebackup -D STAGING -Ft -X none -c fast "
+        "--compress=server-zstd:level=3,workers=2 -l LABEL --no-password -d CONNINFO",
+        "#   then puts STAGING/base.tar.zst into the repository as it is (no "
+        "recompression; age-encrypted with ours-age.yaml) and backup_manifest "
+        "zstd-compressed, each with its sha256, then catalog.json",
+        "restore(repo, cluster, 'WORK/ours.yaml', DIR, Target.parse(None, None), start=False)",
+        *(r["commands"][k] for k in (B_PGBB, B_PGBR, R_PGBR, R_TAR)),
+        "```",
+        "",
+        "`WORK/ours.yaml` (`ours-age.yaml` adds `encryption: {recipients: [age1…], "
+        "identity_file: WORK/age.key}`, a fresh x25519 key):",
+        "",
+        "```yaml",
+        r["ours_yaml"].rstrip(),
+        "```",
+        "",
+        "`WORK/pgbackrest.conf` (everything else default, e.g. page checksums verified "
+        "during the backup, as pg_basebackup does too):",
+        "",
+        "```ini",
+        r["pgbackrest_conf"].rstrip(),
+        "```",
+        "",
+        "Server settings besides `LocalCluster`'s defaults (initdb `--data-checksums`, "
+        "loopback): "
+        + ", ".join(f"`{k} = {v}`" for k, v in r["settings"].items() if k != "archive_command")
+        + ". Raw per-run timings: `bench/out/base_backup-last.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=5, help="runs per tool (default 5, at least 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--scale", type=int, default=50, help="pgbench -i scale (default 50)")
+    p.add_argument(
+        "--random-share",
+        type=float,
+        default=0.4,
+        help="share of the database that is random bytea (default 0.4)",
+    )
+    p.add_argument(
+        "--min-gib", type=float, default=1.0, help="smallest database size to accept (1.0)"
+    )
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=1800,
+        metavar="S",
+        help="before each round, wait up to S seconds until no other PostgreSQL server runs "
+        "and other processes use at most --max-busy CPUs (default 1800)",
+    )
+    p.add_argument("--max-busy", type=float, default=0.25, help="CPUs (default 0.25)")
+    p.add_argument(
+        "--max-noise",
+        type=float,
+        default=0.4,
+        metavar="CPUS",
+        help="run a tool again when other processes used more than this many CPUs during "
+        "its run (default 0.4)",
+    )
+    p.add_argument(
+        "--retries", type=int, default=3, help="at most this many such re-runs (default 3)"
+    )
+    p.add_argument("--no-report", action="store_true", help="leave BENCHMARKS.md alone")
+    p.add_argument("--keep", action="store_true", help="keep the scratch folder in bench/out")
+    args = p.parse_args(argv)
+    if args.reps < 3 and not args.no_report:
+        p.error("--reps must be at least 3 for a report (or pass --no-report)")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            p.error("running as root but there is no postgres OS user to run PostgreSQL as")
+    return run_with_pgbackrest("base_backup", args, bench)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from common import (
-    BENCHMARKS,
     OUT,
     ROOT,
     STANZA,
@@ -65,6 +64,7 @@ from common import (
     pgbackrest_conf,
     pgbench,
     postmaster_pid,
+    publish,
     run,
     run_with_pgbackrest,
     sha256_file,
@@ -72,7 +72,6 @@ from common import (
     switch_and_wait,
     tree_bytes,
     wait_idle,
-    write_benchmarks,
 )
 
 from pg_backup_assets.core.basebackup import take_base_backup
@@ -685,17 +684,8 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
     }
     (OUT / "base_backup-last.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     problems = [f"{k}: {v}" for k, v in verified.items() if v != "identical rows"]
-    section = render(report)
-    print(section)
-    if problems:
-        for prob in problems:
-            log(f"PROBLEM: {prob}")
-        log("not writing BENCHMARKS.md: a restore did not recover to the source's rows")
-        return 1
-    if not args.no_report:
-        write_benchmarks(HEADING, section)
-        log(f"wrote {BENCHMARKS.relative_to(ROOT)}")
-    return 0
+    why = "a restore did not recover to the source's rows"
+    return publish(HEADING, render(report), problems, why, args.no_report)
 
 
 # -- the report --------------------------------------------------------------------------------

@@ -380,3 +380,17 @@ def run_with_pgbackrest(name: str, args: Any, bench: Callable[..., int]) -> int:
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def publish(heading: str, section: str, problems: Sequence[str], why: str, no_report: bool) -> int:
+    """Print the section; write it to BENCHMARKS.md unless a check of the run failed."""
+    print(section)
+    if problems:
+        for prob in problems:
+            log(f"PROBLEM: {prob}")
+        log(f"not writing BENCHMARKS.md: {why}")
+        return 1
+    if not no_report:
+        write_benchmarks(heading, section)
+        log(f"wrote {BENCHMARKS.relative_to(ROOT)}")
+    return 0

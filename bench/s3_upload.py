@@ -51,7 +51,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from common import (
-    BENCHMARKS,
     OUT,
     PYTHON,
     ROOT,
@@ -59,10 +58,10 @@ from common import (
     load_now,
     log,
     machine,
+    publish,
     server_cpu_s,
     sha256_file,
     wait_idle,
-    write_benchmarks,
 )
 from s3_upload_child import BOTO, BOTO_SEQ, OURS, REGION, SEQ_PART, client_for, uploader
 
@@ -610,17 +609,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     ]
     problems += [f"{m['variant']} memory run: {p}" for m in memory for p in m["problems"]]
     problems += [f"breakdown: {p}" for p in parts["problems"]]
-    section = render(report)
-    print(section)
-    if problems:
-        for p in problems:
-            log(f"PROBLEM: {p}")
-        log("not writing BENCHMARKS.md: an uploaded object did not read back as the file")
-        return 1
-    if not args.no_report:
-        write_benchmarks(HEADING, section)
-        log(f"wrote {BENCHMARKS.relative_to(ROOT)}")
-    return 0
+    why = "an uploaded object did not read back as the file"
+    return publish(HEADING, render(report), problems, why, args.no_report)
 
 
 # -- the report ----------------------------------------------------------------------------

@@ -46,7 +46,6 @@ from pathlib import Path
 import pyrage
 import zstandard
 from common import (
-    BENCHMARKS,
     OUT,
     PGBACKUP,
     PYTHON,
@@ -64,6 +63,7 @@ from common import (
     pgbackrest_cmd,
     pgbackrest_conf,
     pgbench,
+    publish,
     run,
     run_with_pgbackrest,
     sha256_file,
@@ -73,7 +73,6 @@ from common import (
     tool_env,
     tree_bytes,
     wait_idle,
-    write_benchmarks,
 )
 
 from pg_backup_assets.core.pgserver import SERVER_USER, LocalCluster
@@ -739,17 +738,8 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
     (OUT / "wal_push-last.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     log(f"breakdown: {json.dumps(breakdown, default=str)}")
     log(f"other activity: {report['foreign_cpu']} CPUs; other PostgreSQL servers: {foreign}")
-    if problems:
-        for prob in problems:
-            log(f"PROBLEM: {prob}")
-        log("not writing BENCHMARKS.md: a variant did not store every segment intact")
-        return 1
-    section = render(report)
-    print(section)
-    if not args.no_report:
-        write_benchmarks(HEADING, section)
-        log(f"wrote {BENCHMARKS.relative_to(ROOT)}")
-    return 0
+    why = "a variant did not store every segment intact"
+    return publish(HEADING, render(report), problems, why, args.no_report)
 
 
 if __name__ == "__main__":

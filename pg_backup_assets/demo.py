@@ -364,15 +364,7 @@ def _observe_wal_archive(cluster: LocalCluster, defs, instance) -> dict:  # noqa
 
     from pg_backup_assets.defs.wal.sensors import WAL_ARCHIVE_SENSOR
 
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
-        conn.execute("SELECT pg_switch_wal()")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            last = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
-            if last and last[8:] >= segment[8:]:
-                break
-            time.sleep(0.1)
+    cluster.switch_wal_and_wait_archived()
     sensor = defs.resolve_sensor_def(WAL_ARCHIVE_SENSOR)
     result = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
     out: dict = {}

@@ -173,7 +173,7 @@ def decode(
         else:
             with dctx.stream_reader(stored, read_size=CHUNK, closefd=False) as plain:
                 _copy(plain, out)
-        _copy(stored, _Discard())  # count trailing bytes into the checksum
+        _copy(stored, Discard())  # count trailing bytes into the checksum
     except pyrage.DecryptError as exc:
         if "no matching keys" in str(exc).lower():
             raise IntegrityError(
@@ -202,9 +202,14 @@ def sha256_of(src: BinaryIO) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-class _Discard:
+class Discard:
+    """A sink that only counts: for decoding an object to check it."""
+
     def write(self, data) -> int:  # noqa: ANN001
         return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def _recipients(values: Sequence[str]) -> list[object]:

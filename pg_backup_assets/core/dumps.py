@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pg_backup_assets.core.codec import Discard
 from pg_backup_assets.core.config import ClusterConfig
 from pg_backup_assets.core.errors import CommandError, NotFoundError, PgBackupError
 from pg_backup_assets.core.pg import (
@@ -251,7 +252,7 @@ def check_restorable(repo: Repository, dump_set: DumpSet) -> list[ObjectVerdict]
     for obj in dump_set.objects:
         try:
             if obj.database == GLOBALS:
-                n = repo.read_into(obj.record, _Null()).raw_bytes
+                n = repo.read_into(obj.record, Discard()).raw_bytes
                 verdicts.append(ObjectVerdict(GLOBALS, True, f"globals: {n} bytes of SQL"))
                 continue
             with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -276,14 +277,6 @@ def check_restorable(repo: Repository, dump_set: DumpSet) -> list[ObjectVerdict]
         except PgBackupError as exc:
             verdicts.append(ObjectVerdict(obj.database, False, str(exc)))
     return verdicts
-
-
-class _Null:
-    def write(self, data) -> int:  # noqa: ANN001
-        return len(data)
-
-    def flush(self) -> None:
-        pass
 
 
 def restore_dump(

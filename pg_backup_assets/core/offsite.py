@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from pg_backup_assets.core.codec import sha256_of
 from pg_backup_assets.core.config import Config
 from pg_backup_assets.core.errors import ConfigError, IntegrityError, NotFoundError
-from pg_backup_assets.core.repository import CATALOG, Repository
+from pg_backup_assets.core.repository import Repository
 from pg_backup_assets.core.storage import CHUNK, LocalStorage, Storage
 
 
@@ -79,12 +80,9 @@ def copy_key(
 def sha256_at(storage: Storage, key: str) -> str | None:
     try:
         with storage.open(key) as f:
-            h = hashlib.sha256()
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
+            return sha256_of(f)[0]
     except NotFoundError:
         return None
-    return h.hexdigest()
 
 
 def copy_set(
@@ -221,7 +219,3 @@ def _is_this_machine(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def catalog_of(prefix: str) -> str:
-    return f"{prefix}/{CATALOG}"

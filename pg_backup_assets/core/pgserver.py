@@ -233,6 +233,24 @@ class LocalCluster:
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
 
+    def switch_wal_and_wait_archived(self, timeout: float = 60) -> str:
+        """Close the current WAL segment and wait until archive_command has pushed it."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            conn.execute("SELECT pg_switch_wal()")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                last = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
+                # Compare log/segment only: a switch segment is archived on the new timeline.
+                if last and last[8:] >= segment[8:]:
+                    return segment
+                time.sleep(0.1)
+        raise PgBackupError(
+            f"{segment} was not archived within {timeout:.0f}s:\n{self.log_tail(10)}"
+        )
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])

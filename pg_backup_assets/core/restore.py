@@ -25,7 +25,7 @@ from pg_backup_assets.core.dumps import Log
 from pg_backup_assets.core.errors import CommandError, IntegrityError, NotFoundError, PgBackupError
 from pg_backup_assets.core.pgserver import LocalCluster, hand_over_tree
 from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.wal import Segment, find_gaps, format_lsn, parse_lsn
+from pg_backup_assets.core.wal import Segment, find_gaps, format_lsn, parse_lsn, parse_segment
 from pg_backup_assets.core.walarchive import list_archive, quote_setting, restore_command
 
 TARGET_KINDS = ("time", "lsn", "xid", "name")
@@ -244,8 +244,7 @@ def _check_wal(
             f"to {target.describe()} needs"
         )
     for first, last in gaps.missing:
-        missing_segno = int(first[8:16], 16) * (0x100000000 // size) + int(first[16:], 16)
-        if target.kind == "latest" or missing_segno <= last_needed.segno:
+        if target.kind == "latest" or parse_segment(first, size).segno <= last_needed.segno:
             raise PgBackupError(
                 f"WAL segment {first}{'' if first == last else '..' + last} is missing from the "
                 f"archive, and the restore of {backup.label} to {target.describe()} needs it; "

@@ -36,15 +36,7 @@ def sql(cluster: LocalCluster, query: str, dbname: str = "postgres"):
 
 def switch_and_wait_archived(cluster: LocalCluster, timeout: float = 60) -> str:
     """Close the current segment and wait until the archiver has pushed it."""
-    (segment,) = sql(cluster, "SELECT pg_walfile_name(pg_current_wal_lsn())")[0]
-    sql(cluster, "SELECT pg_switch_wal()")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        (last,) = sql(cluster, "SELECT last_archived_wal FROM pg_stat_archiver")[0]
-        if last and last[8:] >= segment[8:]:
-            return segment
-        time.sleep(0.1)
-    raise AssertionError(f"{segment} not archived within {timeout}s: {cluster.log_tail(10)}")
+    return cluster.switch_wal_and_wait_archived(timeout)
 
 
 def pgbench(cluster: LocalCluster, *args: str) -> None:

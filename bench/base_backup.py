@@ -74,14 +74,19 @@ from common import (
     wait_idle,
 )
 
-from pg_backup_assets.core.basebackup import take_base_backup
-from pg_backup_assets.core.codec import generate_identity
+from pg_backup_assets.core.base.backup import take_base_backup
+from pg_backup_assets.core.base.restore import Target, restore
 from pg_backup_assets.core.config import load_config
-from pg_backup_assets.core.pg import tool
-from pg_backup_assets.core.pgserver import SERVER_USER, LocalCluster, hand_over, hand_over_tree
-from pg_backup_assets.core.repository import ObjectRecord, Repository
-from pg_backup_assets.core.restore import Target, restore
-from pg_backup_assets.core.walarchive import archive_command, quote_setting
+from pg_backup_assets.core.postgres.client import tool
+from pg_backup_assets.core.postgres.local_cluster import (
+    SERVER_USER,
+    LocalCluster,
+    hand_over,
+    hand_over_tree,
+)
+from pg_backup_assets.core.storage.codec import generate_identity
+from pg_backup_assets.core.storage.repository import ObjectRecord, Repository
+from pg_backup_assets.core.wal.archive import archive_command, quote_setting
 
 HEADING = "## Base backup and restore vs pg_basebackup and pgBackRest"
 GIB = 1 << 30

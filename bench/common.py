@@ -28,8 +28,8 @@ from typing import Any
 import psycopg
 import zstandard
 
-from pg_backup_assets.core.pg import bindir
-from pg_backup_assets.core.pgserver import SERVER_USER, LocalCluster, hand_over
+from pg_backup_assets.core.postgres.client import bindir
+from pg_backup_assets.core.postgres.local_cluster import SERVER_USER, LocalCluster, hand_over
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"

@@ -65,10 +65,11 @@ from common import (
 )
 from s3_upload_child import BOTO, BOTO_SEQ, OURS, REGION, SEQ_PART, client_for, uploader
 
-from pg_backup_assets.core.offsite import copy_key
-from pg_backup_assets.core.pgserver import free_port
-from pg_backup_assets.core.s3storage import PART_SIZE, S3Storage
-from pg_backup_assets.core.storage import CHUNK, LocalStorage
+from pg_backup_assets.core.offsite.copy import copy_key
+from pg_backup_assets.core.postgres.local_cluster import free_port
+from pg_backup_assets.core.storage.base import CHUNK
+from pg_backup_assets.core.storage.local import LocalStorage
+from pg_backup_assets.core.storage.s3 import PART_SIZE, S3Storage
 
 HEADING = "## Offsite upload to S3 vs boto3"
 MIB = 1 << 20
@@ -805,7 +806,7 @@ def render(r: dict) -> str:
         "CRC32; over HTTPS (real S3) it sends `UNSIGNED-PAYLOAD` instead, so those hashes are "
         "this setup's cost and every tool here pays them.",
         "",
-        "Exact code paths (`client` = `pg_backup_assets.core.s3storage.s3_client(URL, "
+        "Exact code paths (`client` = `pg_backup_assets.core.storage.s3.s3_client(URL, "
         "'us-east-1')` for every in-process tool; the files are the keys, by name):",
         "",
         "```python",

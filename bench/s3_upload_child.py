@@ -38,7 +38,7 @@ SEQ_PART = 16 << 20  # the same part size as S3Storage's
 
 def client_for(endpoint: str) -> Any:
     """The client every variant uses: the one ``pgbackup`` builds outside Dagster."""
-    from pg_backup_assets.core.s3storage import s3_client
+    from pg_backup_assets.core.storage.s3 import s3_client
 
     return s3_client(endpoint, REGION)
 
@@ -52,9 +52,9 @@ def uploader(mode: str, client: Any, bucket: str, path: Path, sha256: str) -> Ca
     - ``boto3-seq``: the same with ``use_threads=False`` and 16 MiB parts (ours' shape).
     """
     if mode == OURS:
-        from pg_backup_assets.core.offsite import copy_key
-        from pg_backup_assets.core.s3storage import S3Storage
-        from pg_backup_assets.core.storage import LocalStorage
+        from pg_backup_assets.core.offsite.copy import copy_key
+        from pg_backup_assets.core.storage.local import LocalStorage
+        from pg_backup_assets.core.storage.s3 import S3Storage
 
         src, dst = LocalStorage(path.parent), S3Storage(client, bucket)
         return lambda: copy_key(src, dst, path.name, sha256)

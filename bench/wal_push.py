@@ -75,7 +75,7 @@ from common import (
     wait_idle,
 )
 
-from pg_backup_assets.core.pgserver import SERVER_USER, LocalCluster
+from pg_backup_assets.core.postgres.local_cluster import SERVER_USER, LocalCluster
 
 HEADING = "## wal-push vs pgBackRest archive-push"
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")

@@ -107,8 +107,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_restore_dump(args: argparse.Namespace) -> int:
     from pg_backup_assets.core.config import load_config
-    from pg_backup_assets.core.dumps import restore_dump
-    from pg_backup_assets.core.repository import Repository
+    from pg_backup_assets.core.dumps.restore import restore_dump
+    from pg_backup_assets.core.storage.repository import Repository
 
     config = load_config(args.config)
     cluster = config.cluster(args.cluster)
@@ -129,14 +129,14 @@ def _cmd_restore_dump(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pg_backup_assets.core.base.restore import Target, restore
     from pg_backup_assets.core.config import load_config
-    from pg_backup_assets.core.repository import Repository
-    from pg_backup_assets.core.restore import Target, restore
+    from pg_backup_assets.core.storage.repository import Repository
 
     config = load_config(args.config)
     cluster = config.cluster(args.cluster)
     if args.source == "offsite":
-        from pg_backup_assets.core.offsite import offsite_repository
+        from pg_backup_assets.core.offsite.store import offsite_repository
 
         repo = offsite_repository(config)
     else:
@@ -172,10 +172,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _cmd_restore_point(args: argparse.Namespace) -> int:
-    from pg_backup_assets.core.basebackup import create_restore_point
+    from pg_backup_assets.core.base.restore_point import create_restore_point
     from pg_backup_assets.core.config import load_config
-    from pg_backup_assets.core.repository import Repository
-    from pg_backup_assets.core.wal import format_lsn
+    from pg_backup_assets.core.storage.repository import Repository
+    from pg_backup_assets.core.wal.names import format_lsn
 
     config = load_config(args.config)
     point = create_restore_point(
@@ -193,8 +193,8 @@ def _lean_config(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _cmd_wal_push(args: argparse.Namespace) -> int:
-    from pg_backup_assets.core.repository import Repository
-    from pg_backup_assets.core.walarchive import push
+    from pg_backup_assets.core.storage.repository import Repository
+    from pg_backup_assets.core.wal.archive import push
 
     config = _lean_config(args)
     push(Repository.from_config(config), config.cluster(args.cluster).name, args.path)
@@ -203,8 +203,8 @@ def _cmd_wal_push(args: argparse.Namespace) -> int:
 
 def _cmd_wal_fetch(args: argparse.Namespace) -> int:
     from pg_backup_assets.core.errors import NotFoundError, PgBackupError
-    from pg_backup_assets.core.repository import Repository
-    from pg_backup_assets.core.walarchive import fetch
+    from pg_backup_assets.core.storage.repository import Repository
+    from pg_backup_assets.core.wal.archive import fetch
 
     config = _lean_config(args)
     cluster = config.cluster(args.cluster).name
@@ -217,7 +217,7 @@ def _cmd_wal_fetch(args: argparse.Namespace) -> int:
         if source == "local":
             repo = Repository.from_config(config)
         else:
-            from pg_backup_assets.core.offsite import offsite_repository
+            from pg_backup_assets.core.offsite.store import offsite_repository
 
             repo = offsite_repository(config)
         try:
@@ -238,7 +238,7 @@ def _cmd_wal_fetch(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from pg_backup_assets.core.config import load_config
     from pg_backup_assets.core.info import repository_info
-    from pg_backup_assets.core.repository import Repository
+    from pg_backup_assets.core.storage.repository import Repository
 
     config = load_config(args.config)
     names = [config.cluster(args.cluster).name] if args.cluster else sorted(config.clusters)

@@ -16,16 +16,16 @@ from pathlib import Path
 import psycopg
 
 from pg_backup_assets import local_s3
-from pg_backup_assets.core import dumps
-from pg_backup_assets.core.codec import generate_identity
+from pg_backup_assets.core.base.restore import Target, restore
 from pg_backup_assets.core.config import load_config
-from pg_backup_assets.core.offsite import offsite_repository
-from pg_backup_assets.core.pg import available_extensions
-from pg_backup_assets.core.pgserver import LocalCluster, hand_over_tree
-from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.restore import Target, restore
-from pg_backup_assets.core.s3storage import s3_client
-from pg_backup_assets.core.walarchive import archiving_settings
+from pg_backup_assets.core.dumps.restore import restore_dump
+from pg_backup_assets.core.offsite.store import offsite_repository
+from pg_backup_assets.core.postgres.client import available_extensions
+from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over_tree
+from pg_backup_assets.core.storage.codec import generate_identity
+from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.storage.s3 import s3_client
+from pg_backup_assets.core.wal.archive import archiving_settings
 
 CLUSTER = "demo"
 DATABASE = "shop"
@@ -227,7 +227,7 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {restored_db}")
     t = time.monotonic()
-    dumps.restore_dump(repo, CLUSTER, DATABASE, cluster.dsn(restored_db), date=partition, log=_say)
+    restore_dump(repo, CLUSTER, DATABASE, cluster.dsn(restored_db), date=partition, log=_say)
     restore_dump_s = time.monotonic() - t
     before = _table_fingerprint(cluster.dsn(DATABASE))
     after = _table_fingerprint(cluster.dsn(restored_db))

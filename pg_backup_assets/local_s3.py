@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pg_backup_assets.core.errors import PgBackupError
-from pg_backup_assets.core.pgserver import free_port
+from pg_backup_assets.core.postgres.local_cluster import free_port
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 

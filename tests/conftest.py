@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pg_backup_assets.core.codec import generate_identity
-from pg_backup_assets.core.pgserver import LocalCluster, hand_over
+from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over
+from pg_backup_assets.core.storage.codec import generate_identity
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def write_config(
 
 def archiving_settings(config_path: Path) -> dict[str, str]:
     """postgresql.conf settings that archive through `pgbackup wal-push`."""
-    from pg_backup_assets.core.walarchive import archiving_settings as settings
+    from pg_backup_assets.core.wal.archive import archiving_settings as settings
 
     # wal_keep_size: keep pg_wal copies to compare the archive with.
     return {**settings(config_path), "wal_keep_size": "'1GB'"}
@@ -227,7 +227,7 @@ def s3_endpoint() -> Iterator[str]:
 
 
 def make_bucket(endpoint: str, object_lock: bool = False) -> str:
-    from pg_backup_assets.core.s3storage import s3_client
+    from pg_backup_assets.core.storage.s3 import s3_client
 
     name = f"b-{uuid.uuid4().hex[:12]}"
     client = s3_client(endpoint, "us-east-1")

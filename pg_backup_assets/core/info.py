@@ -6,11 +6,16 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from pg_backup_assets.core.basebackup import BaseBackup, list_base_backups, verification
-from pg_backup_assets.core.dumps import GLOBALS, list_dump_sets
-from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.wal import find_gaps, format_lsn
-from pg_backup_assets.core.walarchive import list_archive
+from pg_backup_assets.core.catalog import (
+    GLOBALS,
+    BaseBackup,
+    list_base_backups,
+    list_dump_sets,
+    verification,
+)
+from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.wal.archive import list_archive
+from pg_backup_assets.core.wal.names import find_gaps, format_lsn
 
 
 def repository_info(repo: Repository, clusters: Sequence[str]) -> dict[str, Any]:

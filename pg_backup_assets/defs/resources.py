@@ -2,8 +2,8 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from pg_backup_assets.core.config import Config, load_config
-from pg_backup_assets.core.offsite import offsite_repository
-from pg_backup_assets.core.repository import Repository
+from pg_backup_assets.core.offsite.store import offsite_repository
+from pg_backup_assets.core.storage.repository import Repository
 
 HEAVY_POOL = "pg_backup_heavy"
 

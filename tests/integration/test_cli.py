@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pg_backup_assets.core import dumps
 from pg_backup_assets.core.config import load_config
-from pg_backup_assets.core.repository import Repository
+from pg_backup_assets.core.dumps.dump import take_dump_set
+from pg_backup_assets.core.storage.repository import Repository
 from tests.conftest import REPO_ROOT, create_database, drop_database, table_contents, write_config
 
 BIN = Path(sys.executable).parent
@@ -34,7 +34,7 @@ def pgbackup(*args: str, config: Path | None = None, env: dict | None = None, cw
 
 def test_restore_dump_command(pg, database, workdir):
     cfg = write_config(workdir, pg.dsn(), [database])
-    dumps.take_dump_set(
+    take_dump_set(
         Repository.from_config(load_config(cfg)),
         load_config(cfg).cluster("main"),
         "2026-11-25",
@@ -69,7 +69,7 @@ def test_restore_dump_command(pg, database, workdir):
 
 def test_info_json_shape(pg, database, workdir):
     cfg = write_config(workdir, pg.dsn(), [database])
-    dumps.take_dump_set(
+    take_dump_set(
         Repository.from_config(load_config(cfg)),
         load_config(cfg).cluster("main"),
         "2026-11-25",

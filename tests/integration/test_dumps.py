@@ -9,10 +9,12 @@ import dagster as dg
 import psycopg
 import pytest
 
-from pg_backup_assets.core import dumps
+from pg_backup_assets.core.catalog import GLOBALS, find_dump_set, list_dump_sets
 from pg_backup_assets.core.config import load_config
+from pg_backup_assets.core.dumps.dump import take_dump_set
+from pg_backup_assets.core.dumps.restore import restore_dump
 from pg_backup_assets.core.errors import CommandError, ConfigError, IntegrityError, PgBackupError
-from pg_backup_assets.core.repository import Repository
+from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.definitions import build_defs
 from pg_backup_assets.defs.check_names import DUMP_RESTORABLE, SIZE_ANOMALY
 from tests.conftest import create_database, drop_database, table_contents, write_config
@@ -62,9 +64,7 @@ def test_dump_restore_roundtrip_is_identical(pg, database, workdir, age_key):
 
     target = create_database(pg, f"{database}_r")
     try:
-        dumps.restore_dump(
-            _repo(cfg), "main", database, pg.dsn(target), date=DAY, log=lambda m: None
-        )
+        restore_dump(_repo(cfg), "main", database, pg.dsn(target), date=DAY, log=lambda m: None)
         for table in ("accounts", "ledger"):
             assert table_contents(pg.dsn(target), table) == table_contents(pg.dsn(database), table)
         with psycopg.connect(pg.dsn(target)) as conn:
@@ -79,10 +79,10 @@ def test_dump_restore_roundtrip_is_identical(pg, database, workdir, age_key):
 
 def test_selective_table_restore(pg, database, workdir):
     cfg = write_config(workdir, pg.dsn(), [database])
-    dumps.take_dump_set(_repo(cfg), load_config(cfg).cluster("main"), DAY, log=lambda m: None)
+    take_dump_set(_repo(cfg), load_config(cfg).cluster("main"), DAY, log=lambda m: None)
     target = create_database(pg, f"{database}_sel")
     try:
-        dumps.restore_dump(
+        restore_dump(
             _repo(cfg), "main", database, pg.dsn(target), tables=["accounts"], log=lambda m: None
         )
         with psycopg.connect(pg.dsn(target)) as conn:
@@ -101,7 +101,7 @@ def test_selective_table_restore(pg, database, workdir):
 def test_corrupted_byte_fails_dump_restorable(pg, database, workdir):
     cfg = write_config(workdir, pg.dsn(), [database])
     assert _materialize(cfg).success
-    dump_set = dumps.find_dump_set(_repo(cfg), "main", DAY)
+    dump_set = find_dump_set(_repo(cfg), "main", DAY)
     obj = dump_set.database(database)
     path = workdir / "repo" / obj.record.key
     data = bytearray(path.read_bytes())
@@ -119,7 +119,7 @@ def test_corrupted_byte_fails_dump_restorable(pg, database, workdir):
     target = create_database(pg, f"{database}_bad")
     try:
         with pytest.raises(IntegrityError, match="damaged"):
-            dumps.restore_dump(_repo(cfg), "main", database, pg.dsn(target), log=lambda m: None)
+            restore_dump(_repo(cfg), "main", database, pg.dsn(target), log=lambda m: None)
         with psycopg.connect(pg.dsn(target)) as conn:
             assert (
                 conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname='public'").fetchone()[
@@ -139,9 +139,9 @@ def test_dump_includes_globals_and_extensions(pg, database, workdir):
         conn.execute("CREATE ROLE reporting_ro NOLOGIN")
     cfg = write_config(workdir, pg.dsn(), [database])
     repo = _repo(cfg)
-    dump_set = dumps.take_dump_set(repo, load_config(cfg).cluster("main"), DAY, log=lambda m: None)
+    dump_set = take_dump_set(repo, load_config(cfg).cluster("main"), DAY, log=lambda m: None)
     assert "pgcrypto" in dump_set.database(database).extensions
-    globals_obj = next(o for o in dump_set.objects if o.database == dumps.GLOBALS)
+    globals_obj = next(o for o in dump_set.objects if o.database == GLOBALS)
     sink = _Collect()
     repo.read_into(globals_obj.record, sink)
     assert b"CREATE ROLE reporting_ro" in sink.data
@@ -150,11 +150,11 @@ def test_dump_includes_globals_and_extensions(pg, database, workdir):
 def test_encrypted_dump_without_identity_fails_clearly(pg, database, workdir, age_key):
     _, recipient = age_key
     cfg = write_config(workdir, pg.dsn(), [database], recipient, identity_file=None)
-    dumps.take_dump_set(_repo(cfg), load_config(cfg).cluster("main"), DAY, log=lambda m: None)
+    take_dump_set(_repo(cfg), load_config(cfg).cluster("main"), DAY, log=lambda m: None)
     target = create_database(pg, f"{database}_noid")
     try:
         with pytest.raises(ConfigError, match="identity_file"):
-            dumps.restore_dump(_repo(cfg), "main", database, pg.dsn(target), log=lambda m: None)
+            restore_dump(_repo(cfg), "main", database, pg.dsn(target), log=lambda m: None)
     finally:
         drop_database(pg, target)
 
@@ -169,10 +169,10 @@ def test_failed_dump_leaves_no_backup(pg, database, workdir):
         killer.start()
         try:
             with pytest.raises(CommandError, match="pg_dump of"):
-                dumps.take_dump_set(_repo(cfg), cluster, DAY, log=lambda m: None)
+                take_dump_set(_repo(cfg), cluster, DAY, log=lambda m: None)
         finally:
             killer.join()
-    assert dumps.list_dump_sets(_repo(cfg), "main") == []
+    assert list_dump_sets(_repo(cfg), "main") == []
     assert list((workdir / "repo").rglob("*.zst")) == []
 
 
@@ -192,7 +192,7 @@ def _terminate_waiting_pg_dump(dsn: str, timeout: float = 30) -> None:
 def test_unknown_database_is_named(pg, workdir):
     cfg = write_config(workdir, pg.dsn(), ["no_such_db"])
     with pytest.raises(PgBackupError, match="no_such_db"):
-        dumps.take_dump_set(_repo(cfg), load_config(cfg).cluster("main"), DAY, log=lambda m: None)
+        take_dump_set(_repo(cfg), load_config(cfg).cluster("main"), DAY, log=lambda m: None)
 
 
 def test_size_anomaly_warns_on_a_shrunken_dump(pg, database, workdir):

@@ -15,13 +15,14 @@ import dagster as dg
 import psycopg
 import pytest
 
-from pg_backup_assets.core.basebackup import create_restore_point, list_base_backups
+from pg_backup_assets.core.base.restore import Target, restore
+from pg_backup_assets.core.base.restore_point import create_restore_point
+from pg_backup_assets.core.catalog import list_base_backups
 from pg_backup_assets.core.config import load_config
 from pg_backup_assets.core.errors import ConfigError, PgBackupError
-from pg_backup_assets.core.pgserver import LocalCluster
-from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.restore import Target, restore
-from pg_backup_assets.core.walarchive import find
+from pg_backup_assets.core.postgres.local_cluster import LocalCluster
+from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.wal.archive import find
 from pg_backup_assets.definitions import build_defs
 from pg_backup_assets.defs.base.assets import base_backup_key
 from pg_backup_assets.defs.check_names import BASE_BACKUP_VERIFIED, SIZE_ANOMALY
@@ -60,7 +61,7 @@ def insert_marker(cluster: LocalCluster, label: str) -> int:
 def scenario() -> Scenario:
     workdir = _reachable_tmpdir("pgba-pitr-")
     key = workdir / "age.key"
-    from pg_backup_assets.core.codec import generate_identity
+    from pg_backup_assets.core.storage.codec import generate_identity
 
     text, recipient = generate_identity()
     key.write_text(text)

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 from pg_backup_assets.core.config import load_config
-from pg_backup_assets.core.pgserver import LocalCluster, as_server_user, hand_over
-from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.walarchive import find, list_archive, quote_setting, restore_command
-from pg_backup_assets.core.walstatus import inspect_archive
+from pg_backup_assets.core.postgres.local_cluster import LocalCluster, as_server_user, hand_over
+from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.wal.archive import find, list_archive, quote_setting, restore_command
+from pg_backup_assets.core.wal.status import inspect_archive
 from pg_backup_assets.definitions import build_defs
 from pg_backup_assets.defs.check_names import WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH
 from pg_backup_assets.defs.wal.sensors import WAL_ARCHIVE_SENSOR

@@ -6,8 +6,14 @@ import tracemalloc
 
 import pytest
 
-from pg_backup_assets.core.codec import Codec, decode, encode, generate_identity, load_identities
 from pg_backup_assets.core.errors import ConfigError, IntegrityError
+from pg_backup_assets.core.storage.codec import (
+    Codec,
+    decode,
+    encode,
+    generate_identity,
+    load_identities,
+)
 
 DATA = os.urandom(300_000) + b"compressible " * 200_000
 

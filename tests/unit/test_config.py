@@ -5,7 +5,7 @@ import yaml
 
 from pg_backup_assets.core.config import load_config, parse_config
 from pg_backup_assets.core.errors import ConfigError
-from pg_backup_assets.core.pg import redact_dsn, split_dsn
+from pg_backup_assets.core.postgres.client import redact_dsn, split_dsn
 
 DESIGN_EXAMPLE = """
 repository: /var/lib/pgbackup/repo

@@ -1,8 +1,8 @@
 import pytest
 
+from pg_backup_assets.core.anomalies import daily_history, size_anomaly
 from pg_backup_assets.core.errors import NotFoundError, PgBackupError
-from pg_backup_assets.core.sizes import daily_history, size_anomaly
-from pg_backup_assets.core.storage import LocalStorage
+from pg_backup_assets.core.storage.local import LocalStorage
 
 
 def test_put_list_stat_delete(tmp_path):
@@ -63,7 +63,7 @@ def test_daily_history_keeps_the_newest_per_day_before_the_partition():
 
 
 def test_s3_part_size_doubles_so_any_object_fits_10000_parts():
-    from pg_backup_assets.core.s3storage import S3Storage, _Upload
+    from pg_backup_assets.core.storage.s3 import S3Storage, _Upload
 
     upload = _Upload(S3Storage(client=None, bucket="b", part_size=16 << 20), "k")
     sizes = []

@@ -1,6 +1,6 @@
 import pytest
 
-from pg_backup_assets.core.wal import (
+from pg_backup_assets.core.wal.names import (
     Segment,
     find_gaps,
     format_lsn,

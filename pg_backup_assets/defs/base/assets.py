@@ -1,12 +1,14 @@
 import dagster as dg
 
-from pg_backup_assets.core import basebackup
-from pg_backup_assets.core.sizes import daily_history
-from pg_backup_assets.core.wal import format_lsn
+from pg_backup_assets.core.anomalies import daily_history
+from pg_backup_assets.core.base.backup import take_base_backup
+from pg_backup_assets.core.catalog import list_base_backups
+from pg_backup_assets.core.progress import throughput_mib_s
+from pg_backup_assets.core.wal.names import format_lsn
+from pg_backup_assets.defs.anomalies import size_anomaly_result
 from pg_backup_assets.defs.check_names import SIZE_ANOMALY
 from pg_backup_assets.defs.partitions import daily
 from pg_backup_assets.defs.resources import HEAVY_POOL, PgBackupResource
-from pg_backup_assets.defs.sizes import size_anomaly_result
 
 
 def base_backup_key(cluster: str) -> dg.AssetKey:
@@ -30,10 +32,10 @@ def build_base_backup(cluster: str) -> dg.AssetsDefinition:
         """pg_basebackup (tar, fast checkpoint, server-side zstd) + backup_manifest, catalogued."""
         repo = pgbackup.repository()
         history = daily_history(
-            [(b.date, b.size_bytes) for b in basebackup.list_base_backups(repo, cluster)],
+            [(b.date, b.size_bytes) for b in list_base_backups(repo, cluster)],
             before=context.partition_key,
         )
-        backup = basebackup.take_base_backup(
+        backup = take_base_backup(
             repo, pgbackup.config().cluster(cluster), context.partition_key, log=context.log.info
         )
         raw = backup.objects["base.tar"].raw_bytes
@@ -41,9 +43,8 @@ def build_base_backup(cluster: str) -> dg.AssetsDefinition:
             metadata={
                 "size_bytes": backup.size_bytes,
                 "duration_s": round(backup.duration_s, 3),
-                "throughput_mib_s": round(
-                    backup.size_bytes / 2**20 / max(backup.duration_s, 1e-3), 2
-                ),
+                "raw_bytes": backup.raw_bytes,
+                "throughput_mib_s": throughput_mib_s(backup.raw_bytes, backup.duration_s),
                 "compressed_tar_bytes": raw,
                 "label": backup.label,
                 "start_lsn": format_lsn(backup.start_lsn),

@@ -1,7 +1,7 @@
 import dagster as dg
 
-from pg_backup_assets.core import basebackup
-from pg_backup_assets.core.verify import verify_base_backup
+from pg_backup_assets.core.base.verify import verify_base_backup
+from pg_backup_assets.core.catalog import find_base_backup
 from pg_backup_assets.defs.base.assets import base_backup_key
 from pg_backup_assets.defs.check_names import BASE_BACKUP_VERIFIED
 from pg_backup_assets.defs.partitions import daily_check
@@ -14,7 +14,7 @@ def build_base_backup_verified(cluster: str) -> dg.AssetChecksDefinition:
     ) -> dg.AssetCheckResult:
         """sha256 of every stored object, then pg_verifybackup on an extracted copy with its WAL."""
         repo = pgbackup.repository()
-        backup = basebackup.find_base_backup(repo, cluster, context.partition_key)
+        backup = find_base_backup(repo, cluster, context.partition_key)
         verdict = verify_base_backup(repo, cluster, backup, log=context.log.info)
         return dg.AssetCheckResult(
             passed=verdict.ok,

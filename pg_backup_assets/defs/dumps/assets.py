@@ -1,11 +1,13 @@
 import dagster as dg
 
-from pg_backup_assets.core import dumps
-from pg_backup_assets.core.sizes import daily_history
+from pg_backup_assets.core.anomalies import daily_history
+from pg_backup_assets.core.catalog import GLOBALS, list_dump_sets
+from pg_backup_assets.core.dumps.dump import take_dump_set
+from pg_backup_assets.core.progress import throughput_mib_s
+from pg_backup_assets.defs.anomalies import size_anomaly_result
 from pg_backup_assets.defs.check_names import SIZE_ANOMALY
 from pg_backup_assets.defs.partitions import daily
 from pg_backup_assets.defs.resources import HEAVY_POOL, PgBackupResource
-from pg_backup_assets.defs.sizes import size_anomaly_result
 
 
 def build_logical_dump(cluster: str) -> dg.AssetsDefinition:
@@ -26,25 +28,23 @@ def build_logical_dump(cluster: str) -> dg.AssetsDefinition:
         config = pgbackup.config()
         repo = pgbackup.repository()
         history = daily_history(
-            [(s.date, s.size_bytes) for s in dumps.list_dump_sets(repo, cluster)],
+            [(s.date, s.size_bytes) for s in list_dump_sets(repo, cluster)],
             before=context.partition_key,
         )
-        dump_set = dumps.take_dump_set(
+        dump_set = take_dump_set(
             repo, config.cluster(cluster), context.partition_key, log=context.log.info
         )
         metadata: dict[str, object] = {
             "size_bytes": dump_set.size_bytes,
             "raw_bytes": dump_set.raw_bytes,
             "duration_s": round(dump_set.duration_s, 3),
-            "throughput_mib_s": round(
-                dump_set.raw_bytes / 2**20 / max(dump_set.duration_s, 1e-3), 2
-            ),
+            "throughput_mib_s": throughput_mib_s(dump_set.raw_bytes, dump_set.duration_s),
             "databases": len(dump_set.objects) - 1,
             "server_version": dump_set.server_version,
             "set_id": dump_set.set_id,
             "catalog_key": dump_set.catalog_key,
             "extensions": dg.MetadataValue.json(
-                {o.database: o.extensions for o in dump_set.objects if o.database != dumps.GLOBALS}
+                {o.database: o.extensions for o in dump_set.objects if o.database != GLOBALS}
             ),
         }
         for o in dump_set.objects:

@@ -1,6 +1,7 @@
 import dagster as dg
 
-from pg_backup_assets.core import dumps
+from pg_backup_assets.core.catalog import find_dump_set
+from pg_backup_assets.core.dumps.dump import check_restorable
 from pg_backup_assets.defs.check_names import DUMP_RESTORABLE
 from pg_backup_assets.defs.partitions import daily_check
 from pg_backup_assets.defs.resources import PgBackupResource
@@ -21,8 +22,8 @@ def dump_restorable_fn(cluster: str):  # noqa: ANN201
     ) -> dg.AssetCheckResult:
         """Each archive of the day matches its sha256, decodes, and pg_restore --list reads it."""
         repo = pgbackup.repository()
-        dump_set = dumps.find_dump_set(repo, cluster, context.partition_key)
-        verdicts = dumps.check_restorable(repo, dump_set)
+        dump_set = find_dump_set(repo, cluster, context.partition_key)
+        verdicts = check_restorable(repo, dump_set)
         failed = [v for v in verdicts if not v.ok]
         return dg.AssetCheckResult(
             passed=not failed,

@@ -1,7 +1,10 @@
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from pg_backup_assets.core import basebackup, dumps, offsite
+from pg_backup_assets.core.catalog import find_base_backup, find_dump_set
+from pg_backup_assets.core.offsite.copy import CopyReport, copy_set, ship_wal
+from pg_backup_assets.core.progress import throughput_mib_s
+from pg_backup_assets.core.wal.status import offsite_wal_freshness
 from pg_backup_assets.defs.base.assets import base_backup_key
 from pg_backup_assets.defs.check_names import OFFSITE_WAL_FRESH
 from pg_backup_assets.defs.partitions import daily
@@ -13,17 +16,18 @@ def offsite_key(cluster: str, what: str) -> dg.AssetKey:
     return dg.AssetKey([cluster, f"offsite_{what}"])
 
 
-def _copy_metadata(report: offsite.CopyReport, store: str) -> dict[str, object]:
+def _copy_metadata(report: CopyReport, store: str) -> dict[str, object]:
     return {
         "objects": report.objects,
         "size_bytes": report.bytes,
+        "raw_bytes": report.raw_bytes,
         "duration_s": round(report.duration_s, 3),
-        "throughput_mib_s": round(report.throughput_mib_s, 2),
+        "throughput_mib_s": throughput_mib_s(report.raw_bytes, report.duration_s),
         "offsite_store": store,
     }
 
 
-def _copy_failed(report: offsite.CopyReport) -> None:
+def _copy_failed(report: CopyReport) -> None:
     if not report.ok:
         raise dg.Failure(
             description="offsite copy does not match: " + "; ".join(report.mismatches[:10])
@@ -43,10 +47,9 @@ def build_offsite_dump(cluster: str) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         """The day's logical dumps copied to the offsite store and re-read there."""
         repo, target = pgbackup.repository(), pgbackup.offsite(s3)
-        dump_set = dumps.find_dump_set(repo, cluster, context.partition_key)
-        report = offsite.copy_set(
-            repo, target, [o.record for o in dump_set.objects], dump_set.catalog_key
-        )
+        dump_set = find_dump_set(repo, cluster, context.partition_key)
+        records = [o.record for o in dump_set.objects]
+        report = copy_set(repo, target, records, dump_set.catalog_key, dump_set.raw_bytes)
         _copy_failed(report)
         return dg.MaterializeResult(metadata=_copy_metadata(report, target.describe()))
 
@@ -66,8 +69,9 @@ def build_offsite_base_backup(cluster: str) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         """The day's base backup copied to the offsite store and re-read there."""
         repo, target = pgbackup.repository(), pgbackup.offsite(s3)
-        backup = basebackup.find_base_backup(repo, cluster, context.partition_key)
-        report = offsite.copy_set(repo, target, backup.objects.values(), backup.catalog_key)
+        backup = find_base_backup(repo, cluster, context.partition_key)
+        records = backup.objects.values()
+        report = copy_set(repo, target, records, backup.catalog_key, backup.raw_bytes)
         _copy_failed(report)
         return dg.MaterializeResult(metadata=_copy_metadata(report, target.describe()))
 
@@ -88,10 +92,10 @@ def build_offsite_wal(cluster: str) -> dg.AssetsDefinition:
         """Newly archived WAL shipped offsite in a batch, each object re-read and compared."""
         config = pgbackup.config()
         repo, target = pgbackup.repository(), pgbackup.offsite(s3)
-        report = offsite.ship_wal(repo, target, cluster)
+        report = ship_wal(repo, target, cluster)
         _copy_failed(report)
         rpo = config.cluster(cluster).rpo_seconds
-        fresh = report.lag_s <= rpo
+        fresh = offsite_wal_freshness(report.objects, report.pending, report.lag_s, rpo)
         return dg.MaterializeResult(
             metadata={
                 **_copy_metadata(report, target.describe()),
@@ -101,11 +105,8 @@ def build_offsite_wal(cluster: str) -> dg.AssetsDefinition:
             check_results=[
                 dg.AssetCheckResult(
                     check_name=OFFSITE_WAL_FRESH,
-                    passed=fresh,
-                    description=(
-                        f"shipped {report.objects} objects; {report.pending} still waiting, the "
-                        f"oldest for {report.lag_s:.0f}s (rpo_seconds {rpo})"
-                    ),
+                    passed=fresh.passed,
+                    description=fresh.message,
                     metadata={"lag_s": round(report.lag_s, 1), "pending_objects": report.pending},
                 )
             ],

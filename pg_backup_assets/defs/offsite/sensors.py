@@ -3,7 +3,7 @@ from collections.abc import Sequence
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from pg_backup_assets.core.offsite import wal_pending
+from pg_backup_assets.core.offsite.copy import wal_pending
 from pg_backup_assets.defs.offsite.assets import offsite_key
 from pg_backup_assets.defs.resources import PgBackupResource
 

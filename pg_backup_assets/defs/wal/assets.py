@@ -1,6 +1,6 @@
 import dagster as dg
 
-from pg_backup_assets.core.walstatus import ArchiveStatus
+from pg_backup_assets.core.wal.status import ArchiveStatus
 from pg_backup_assets.defs.check_names import WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH
 
 

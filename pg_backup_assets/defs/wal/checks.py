@@ -2,7 +2,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from pg_backup_assets.core.walstatus import inspect_archive
+from pg_backup_assets.core.wal.status import inspect_archive
 from pg_backup_assets.defs.check_names import WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH
 from pg_backup_assets.defs.resources import PgBackupResource
 from pg_backup_assets.defs.wal.assets import check_verdicts, wal_archive_key

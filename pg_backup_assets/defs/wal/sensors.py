@@ -2,7 +2,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from pg_backup_assets.core.walstatus import inspect_archive
+from pg_backup_assets.core.wal.status import inspect_archive
 from pg_backup_assets.defs.base.assets import base_backup_key
 from pg_backup_assets.defs.partitions import daily
 from pg_backup_assets.defs.resources import PgBackupResource

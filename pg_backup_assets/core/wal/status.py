@@ -5,19 +5,80 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from pg_backup_assets.core.basebackup import list_base_backups
+from pg_backup_assets.core.catalog import list_base_backups
 from pg_backup_assets.core.config import ClusterConfig
 from pg_backup_assets.core.errors import PgBackupError
-from pg_backup_assets.core.pg import ArchiverFacts, archiver_facts
-from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.wal import GapReport, find_gaps, parse_segment
-from pg_backup_assets.core.walarchive import ArchiveListing, list_archive
+from pg_backup_assets.core.postgres.client import connect
+from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.wal.archive import ArchiveListing, list_archive
+from pg_backup_assets.core.wal.names import GapReport, find_gaps, parse_segment
+
+
+@dataclass(frozen=True)
+class ArchiverFacts:
+    """What the server says about WAL archiving (pg_stat_archiver and settings)."""
+
+    segment_size: int
+    archive_mode: str
+    in_recovery: bool
+    current_wal: str | None  # the segment being written (None on a standby)
+    archived_count: int
+    last_archived_wal: str | None
+    last_archived_time: float | None
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_time: float | None
+    now: float
+
+
+def archiver_facts(dsn: str) -> ArchiverFacts:
+    with connect(dsn, autocommit=True) as conn:
+        size = int(
+            conn.execute(
+                "SELECT setting::bigint * CASE unit WHEN 'B' THEN 1 WHEN 'kB' THEN 1024 "
+                "WHEN 'MB' THEN 1048576 ELSE 1 END FROM pg_settings WHERE name='wal_segment_size'"
+            ).fetchone()[0]
+        )
+        mode = conn.execute("SHOW archive_mode").fetchone()[0]
+        in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        current = (
+            None
+            if in_recovery
+            else conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        )
+        row = conn.execute(
+            "SELECT archived_count, last_archived_wal, extract(epoch FROM last_archived_time), "
+            "failed_count, last_failed_wal, extract(epoch FROM last_failed_time), "
+            "extract(epoch FROM now()) FROM pg_stat_archiver"
+        ).fetchone()
+    return ArchiverFacts(
+        segment_size=size,
+        archive_mode=mode,
+        in_recovery=in_recovery,
+        current_wal=current,
+        archived_count=row[0],
+        last_archived_wal=row[1],
+        last_archived_time=float(row[2]) if row[2] is not None else None,
+        failed_count=row[3],
+        last_failed_wal=row[4],
+        last_failed_time=float(row[5]) if row[5] is not None else None,
+        now=float(row[6]),
+    )
 
 
 @dataclass(frozen=True)
 class Verdict:
     passed: bool
     message: str
+
+
+def offsite_wal_freshness(shipped: int, pending: int, lag_s: float, rpo_seconds: int) -> Verdict:
+    """Offsite WAL is fresh while what still waits to go offsite is younger than the RPO."""
+    return Verdict(
+        lag_s <= rpo_seconds,
+        f"shipped {shipped} objects; {pending} still waiting, the oldest for {lag_s:.0f}s "
+        f"(rpo_seconds {rpo_seconds})",
+    )
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,16 @@ from pathlib import Path
 import psycopg
 import pyrage
 
-from pg_backup_assets.core.basebackup import BaseBackup, find_restore_point, list_base_backups
-from pg_backup_assets.core.codec import HashingReader
+from pg_backup_assets.core.catalog import BaseBackup, find_restore_point, list_base_backups
 from pg_backup_assets.core.config import ClusterConfig
-from pg_backup_assets.core.dumps import Log
 from pg_backup_assets.core.errors import CommandError, IntegrityError, NotFoundError, PgBackupError
-from pg_backup_assets.core.pgserver import LocalCluster, hand_over_tree
-from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.wal import Segment, find_gaps, format_lsn, parse_lsn, parse_segment
-from pg_backup_assets.core.walarchive import list_archive, quote_setting, restore_command
+from pg_backup_assets.core.postgres.client import bindir
+from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over_tree
+from pg_backup_assets.core.progress import Log, ProgressLog
+from pg_backup_assets.core.storage.codec import HashingReader
+from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.wal.archive import list_archive, quote_setting, restore_command
+from pg_backup_assets.core.wal.names import Segment, find_gaps, format_lsn, parse_lsn, parse_segment
 
 TARGET_KINDS = ("time", "lsn", "xid", "name")
 
@@ -210,8 +211,6 @@ def _check_compatible(backup: BaseBackup, start: bool) -> None:
             "dump (restore-dump) to move across"
         )
     if start:
-        from pg_backup_assets.core.pg import bindir
-
         binaries = bindir(backup.pg_major)
         if not (binaries / "postgres").exists() or f"/{backup.pg_major}/" not in f"{binaries}/":
             raise PgBackupError(
@@ -275,8 +274,9 @@ def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> 
             rc, failure = proc.wait(), None
         else:
             with repo.storage.open(record.key) as f:
-                stored = HashingReader(f)
-                rc, failure = _pipe_into_tar(stored, identities, [*tar, "-"], err, record, log)
+                progress = ProgressLog(log, "extracting", record.stored_bytes, every_s=5)
+                stored = HashingReader(f, progress)
+                rc, failure = _pipe_into_tar(stored, identities, [*tar, "-"], err, record)
         if stored.hash.hexdigest() != record.sha256 or stored.count != record.stored_bytes:
             _empty(to)
             raise IntegrityError(
@@ -294,10 +294,10 @@ def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> 
             )
 
 
-def _pipe_into_tar(stored, identities, args, err, record, log: Log):  # noqa: ANN001, ANN202
+def _pipe_into_tar(stored, identities, args, err, record):  # noqa: ANN001, ANN202
     """Stream (and decrypt) the stored bytes into tar's stdin; (tar's status, failure)."""
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=err)
-    sink = _ProgressSink(proc.stdin, record.stored_bytes, log)
+    sink = proc.stdin
     failure = None
     try:
         # A broken pipe means tar stopped: its exit status and stderr say why.
@@ -326,24 +326,6 @@ def _empty(folder: Path) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
-
-
-class _ProgressSink:
-    def __init__(self, out, total: int, log: Log):  # noqa: ANN001
-        self.out, self.total, self.log = out, total, log
-        self.done = 0
-        self.last = time.monotonic()
-
-    def write(self, data) -> int:  # noqa: ANN001
-        self.out.write(data)
-        self.done += len(data)
-        if time.monotonic() - self.last >= 5:
-            self.last = time.monotonic()
-            self.log(f"extracting: {self.done / 2**20:.0f} of {self.total / 2**20:.0f} MiB")
-        return len(data)
-
-    def flush(self) -> None:
-        self.out.flush()
 
 
 _STOP_RE = re.compile(r"LOG:\s+(recovery stopping .*)")

@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pg_backup_assets.core.basebackup import BaseBackup, record_verification
-from pg_backup_assets.core.dumps import Log
+from pg_backup_assets.core.base.restore import extract_backup
+from pg_backup_assets.core.catalog import BaseBackup, record_verification
 from pg_backup_assets.core.errors import PgBackupError
-from pg_backup_assets.core.pg import run_tool, tool
-from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.restore import extract_backup
-from pg_backup_assets.core.wal import Segment
-from pg_backup_assets.core.walarchive import fetch, list_archive
+from pg_backup_assets.core.postgres.client import run_tool, tool
+from pg_backup_assets.core.progress import Log
+from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.wal.archive import fetch, list_archive
+from pg_backup_assets.core.wal.names import Segment
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pyrage
 import zstandard
 
 from pg_backup_assets.core.errors import ConfigError, IntegrityError
-from pg_backup_assets.core.storage import CHUNK
+from pg_backup_assets.core.storage.base import CHUNK
 
 Progress = Callable[[int], None]
 

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from pg_backup_assets.core.sizes import size_anomaly
+from pg_backup_assets.core.anomalies import size_anomaly
 from pg_backup_assets.defs.check_names import SIZE_ANOMALY
 
 

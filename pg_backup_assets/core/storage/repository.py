@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pg_backup_assets.core.codec import (
+from pg_backup_assets.core.config import Config
+from pg_backup_assets.core.errors import ConfigError, IntegrityError
+from pg_backup_assets.core.storage.base import Storage
+from pg_backup_assets.core.storage.codec import (
     Codec,
     Decoded,
     Progress,
@@ -27,9 +30,7 @@ from pg_backup_assets.core.codec import (
     load_identities,
     sha256_of,
 )
-from pg_backup_assets.core.config import Config
-from pg_backup_assets.core.errors import ConfigError, IntegrityError
-from pg_backup_assets.core.storage import LocalStorage, Storage
+from pg_backup_assets.core.storage.local import LocalStorage
 
 CATALOG = "catalog.json"
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from pg_backup_assets.core.errors import CommandError, PgBackupError
-from pg_backup_assets.core.pg import bindir
+from pg_backup_assets.core.postgres.client import bindir
 
 SERVER_USER = "postgres"
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pg_backup_assets.core.codec import decode, encode, sha256_of
 from pg_backup_assets.core.errors import IntegrityError, NotFoundError, PgBackupError
-from pg_backup_assets.core.repository import Repository
-from pg_backup_assets.core.storage import fsync_dir
-from pg_backup_assets.core.wal import Switch, parse_history, wal_file_kind
+from pg_backup_assets.core.storage.base import fsync_dir
+from pg_backup_assets.core.storage.codec import decode, encode, sha256_of
+from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.wal.names import Switch, is_segment_name, parse_history, wal_file_kind
 
 
 class ArchiveConflictError(PgBackupError):
@@ -138,6 +138,18 @@ def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> str:
 
 def _archive_info_key(cluster: str) -> str:
     return f"{wal_prefix(cluster)}archive.json"
+
+
+def recorded_segment_size(repo: Repository, cluster: str) -> int | None:
+    """The server's WAL segment size as the first wal-push of a segment recorded it."""
+    key = _archive_info_key(cluster)
+    return repo.get_json(key)["segment_size"] if repo.storage.exists(key) else None
+
+
+def is_segment_object(key: str) -> bool:
+    """Is this archive object a whole WAL segment (not a .history/.partial/.backup file)?"""
+    parsed = _parse_key(key)
+    return bool(parsed) and is_segment_name(parsed[0])
 
 
 def _write_history_switches(repo: Repository, cluster: str, name: str, src: Path) -> None:

@@ -1,7 +1,6 @@
-"""Storage backends for the repository.
+"""The local filesystem backend: a repository folder on a local (or mounted) filesystem.
 
-The interface is deliberately small (put/open/list/stat/delete) so that the S3 backend
-can implement it too. Writes are atomic: an object is either absent or complete.
+Every object is written to a temporary name, fsynced and renamed, and its folder fsynced.
 """
 
 from __future__ import annotations
@@ -10,65 +9,11 @@ import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from pg_backup_assets.core.errors import NotFoundError, PgBackupError
-
-CHUNK = 1 << 20  # 1 MiB: the unit every stream in the engine moves
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    mtime: float
-
-
-class Storage(Protocol):
-    """What the repository needs from a place that stores objects under string keys."""
-
-    def writer(
-        self, key: str, final_key: Callable[[], str] | None = None
-    ) -> contextlib.AbstractContextManager[BinaryIO]:
-        """A file to write ``key`` into; the object appears only when the block exits cleanly.
-
-        ``final_key``: for content-addressed objects, called once the content is written to
-        name the object instead of ``key`` (same folder).
-        """
-
-    def open(self, key: str) -> BinaryIO:
-        """Read an object; raises NotFoundError when it does not exist."""
-
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, sorted by key."""
-
-    def stat(self, key: str) -> ObjectInfo:
-        """Size and mtime of an object; raises NotFoundError when it does not exist."""
-
-    def exists(self, key: str) -> bool: ...
-
-    def delete(self, key: str) -> None:
-        """Remove an object; removing an absent object is not an error."""
-
-    def describe(self) -> str:
-        """Where this storage is, for messages (never with credentials)."""
-
-
-def _check_key(key: str) -> str:
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise PgBackupError(f"invalid repository key {key!r}")
-    return key
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from pg_backup_assets.core.storage.base import ObjectInfo, check_key, fsync_dir
 
 
 class LocalStorage:
@@ -83,7 +28,7 @@ class LocalStorage:
         return str(self.root)
 
     def path(self, key: str) -> Path:
-        return self.root / _check_key(key)
+        return self.root / check_key(key)
 
     @contextlib.contextmanager
     def writer(self, key: str, final_key: Callable[[], str] | None = None) -> Iterator[BinaryIO]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
@@ -20,10 +19,13 @@ from typing import Any, BinaryIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pg_backup_assets.core.errors import NotFoundError, PgBackupError
-from pg_backup_assets.core.storage import ObjectInfo, _check_key
+from pg_backup_assets.core.storage.base import ObjectInfo, check_key
 
 PART_SIZE = 16 << 20
-RETRIES = 5
+# botocore's own retries ("standard" mode: exponential backoff with jitter, connection
+# errors, throttling and 5xx included). The Dagster S3Resource is built with the same
+# number, so the CLI and the assets retry alike.
+MAX_ATTEMPTS = 10
 
 
 class S3Storage:
@@ -34,7 +36,6 @@ class S3Storage:
         prefix: str = "",
         object_lock_days: int = 0,
         part_size: int = PART_SIZE,
-        retries: int = RETRIES,
     ):
         if part_size < 5 << 20:
             raise PgBackupError("S3 part size must be at least 5 MiB")
@@ -43,14 +44,13 @@ class S3Storage:
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self.object_lock_days = object_lock_days
         self.part_size = part_size
-        self.retries = retries
 
     def describe(self) -> str:
         endpoint = getattr(self.client.meta, "endpoint_url", "")
         return f"s3://{self.bucket}/{self.prefix} ({endpoint})"
 
     def _key(self, key: str) -> str:
-        return self.prefix + _check_key(key)
+        return self.prefix + check_key(key)
 
     def _lock_args(self) -> dict[str, Any]:
         if not self.object_lock_days:
@@ -88,18 +88,16 @@ class S3Storage:
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         out = []
         paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-                for obj in page.get("Contents", []):
-                    out.append(
-                        ObjectInfo(
-                            obj["Key"][len(self.prefix) :],
-                            obj["Size"],
-                            obj["LastModified"].timestamp(),
-                        )
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+        for page in self._call("listing", lambda: list(pages)):
+            for obj in page.get("Contents", []):
+                out.append(
+                    ObjectInfo(
+                        obj["Key"][len(self.prefix) :],
+                        obj["Size"],
+                        obj["LastModified"].timestamp(),
                     )
-        except (BotoCoreError, ClientError) as exc:
-            raise PgBackupError(f"cannot list {self.describe()}: {exc}") from None
+                )
         out.sort(key=lambda o: o.key)
         return out
 
@@ -125,24 +123,15 @@ class S3Storage:
         self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
     def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        """Call the store, retrying transient failures with exponential backoff.
-
-        botocore retries each request itself; this covers the store being away longer.
-        """
-        delay = 0.5
-        for attempt in range(self.retries):
-            try:
-                return fn(**kwargs)
-            except ClientError as exc:
-                if _code(exc) not in ("SlowDown", "InternalError", "ServiceUnavailable", "503"):
-                    raise
-                err: Exception = exc
-            except BotoCoreError as exc:  # connection refused/reset, timeouts
-                err = exc
-            if attempt + 1 < self.retries:
-                time.sleep(delay)
-                delay *= 2
-        raise PgBackupError(f"S3 {what} on {self.describe()} failed {self.retries} times: {err}")
+        """Call the store (botocore retries transient failures); name what failed, and where."""
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise
+            raise PgBackupError(f"S3 {what} on {self.describe()} failed: {exc}") from None
+        except BotoCoreError as exc:  # connection refused/reset, timeouts, after the retries
+            raise PgBackupError(f"S3 {what} on {self.describe()} failed: {exc}") from None
 
 
 class _Upload:
@@ -286,8 +275,11 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def s3_client(endpoint_url: str | None, region: str | None, max_attempts: int = 5) -> Any:
-    """A boto3 S3 client from the standard AWS environment (used outside Dagster)."""
+def s3_client(
+    endpoint_url: str | None, region: str | None, max_attempts: int = MAX_ATTEMPTS
+) -> Any:
+    """A boto3 S3 client from the standard AWS environment (used outside Dagster), configured
+    as dagster-aws configures the S3Resource's: ``standard`` retries, ``max_attempts``."""
     import boto3
     from botocore.config import Config
 
@@ -295,9 +287,5 @@ def s3_client(endpoint_url: str | None, region: str | None, max_attempts: int = 
         "s3",
         endpoint_url=endpoint_url,
         region_name=region,
-        config=Config(
-            retries={"max_attempts": max_attempts, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-        ),
+        config=Config(retries={"max_attempts": max_attempts, "mode": "standard"}),
     )

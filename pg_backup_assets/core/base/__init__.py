@@ -1,0 +1,1 @@
+"""Physical base backups: taking them, restoring them to a point in time, verifying them."""

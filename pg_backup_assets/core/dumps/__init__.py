@@ -1,0 +1,1 @@
+"""Logical dumps: taking them, proving them readable, restoring them."""

@@ -1,0 +1,147 @@
+"""Logical dumps: ``pg_dump -Fc`` per database plus ``pg_dumpall --globals-only``.
+
+Each day's dumps form one set under ``<cluster>/dumps/<date>/<set id>/``; its catalog
+entry records per-database sizes, checksums, durations and installed extensions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+from pg_backup_assets.core.catalog import (
+    GLOBALS,
+    DumpObject,
+    DumpSet,
+    check_date,
+    dump_prefix,
+)
+from pg_backup_assets.core.config import ClusterConfig
+from pg_backup_assets.core.errors import CommandError, PgBackupError
+from pg_backup_assets.core.postgres.client import (
+    extensions,
+    redact_dsn,
+    server_facts,
+    split_dsn,
+    tool,
+    with_dbname,
+)
+from pg_backup_assets.core.progress import Log, ProgressLog
+from pg_backup_assets.core.storage.codec import Discard
+from pg_backup_assets.core.storage.repository import Repository
+
+
+def take_dump_set(repo: Repository, cluster: ClusterConfig, date: str, log: Log = print) -> DumpSet:
+    """Dump every configured database (and the globals) of ``cluster`` as the set for ``date``."""
+    check_date(date)
+    facts = server_facts(cluster.dsn)
+    databases = cluster.databases or facts.databases
+    missing = sorted(set(databases) - set(facts.databases))
+    if missing:
+        raise PgBackupError(
+            f"clusters.{cluster.name}.databases lists {', '.join(missing)}, which the server at "
+            f"{redact_dsn(cluster.dsn)} does not have (it has: {', '.join(facts.databases)})"
+        )
+    started = time.time()
+    set_id = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    prefix = f"{dump_prefix(cluster.name)}{date}/{set_id}"
+    objects: list[DumpObject] = []
+    with repo.new_set(prefix) as writer:
+        for db in databases:
+            db_dsn = with_dbname(cluster.dsn, db)
+            exts = extensions(db_dsn)
+            conninfo, env = split_dsn(db_dsn)
+            # -Z0: pg_dump's own compression off; zstd in the codec does it better.
+            args = [tool("pg_dump", facts.major), "-Fc", "-Z0", "--no-password", "-d", conninfo]
+            t0 = time.monotonic()
+            record = _stream_command(writer, f"{db}.dump", args, env, f"pg_dump of {db}", log)
+            elapsed = time.monotonic() - t0
+            log(
+                f"dumped {db}: {record.raw_bytes} bytes -> {record.stored_bytes} stored "
+                f"in {elapsed:.1f}s"
+            )
+            objects.append(DumpObject(db, record, elapsed, exts))
+        conninfo, env = split_dsn(cluster.dsn)
+        args = [tool("pg_dumpall", facts.major), "--globals-only", "--no-password", "-d", conninfo]
+        t0 = time.monotonic()
+        record = _stream_command(writer, "globals.sql", args, env, "pg_dumpall --globals-only", log)
+        objects.append(DumpObject(GLOBALS, record, time.monotonic() - t0))
+        dump_set = DumpSet(
+            cluster=cluster.name,
+            date=date,
+            set_id=set_id,
+            catalog_key=f"{prefix}/catalog.json",
+            started_at=started,
+            finished_at=time.time(),
+            server_version=facts.version,
+            server_major=facts.major,
+            system_identifier=facts.system_identifier,
+            objects=tuple(objects),
+        )
+        writer.commit(dump_set.to_dict())
+    return dump_set
+
+
+def _stream_command(writer, name: str, args: list[str], env: dict[str, str], what: str, log: Log):  # noqa: ANN001
+    """Run a dump command and stream its stdout into the set as object ``name``."""
+    with tempfile.TemporaryFile() as errf:
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=errf, env={**os.environ, **env}
+        )
+        try:
+            record = writer.put_stream(name, proc.stdout, ProgressLog(log, what))
+        finally:
+            proc.stdout.close()
+            rc = proc.wait()
+        if rc != 0:
+            errf.seek(0)
+            # The object was written from a failed dump: remove it with the set.
+            raise CommandError(
+                f"{what} failed (exit {rc}): {errf.read().decode(errors='replace').strip()[-2000:]}"
+            )
+    return record
+
+
+@dataclass(frozen=True)
+class ObjectVerdict:
+    database: str
+    ok: bool
+    message: str
+    toc_entries: int = 0
+
+
+def check_restorable(repo: Repository, dump_set: DumpSet) -> list[ObjectVerdict]:
+    """Decrypt/decompress every object of the set; ``pg_restore --list`` each database dump."""
+    verdicts = []
+    for obj in dump_set.objects:
+        try:
+            if obj.database == GLOBALS:
+                n = repo.read_into(obj.record, Discard()).raw_bytes
+                verdicts.append(ObjectVerdict(GLOBALS, True, f"globals: {n} bytes of SQL"))
+                continue
+            with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+                args = [tool("pg_restore", dump_set.server_major), "--list"]
+                proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=out, stderr=err)
+                try:
+                    repo.read_into_process(obj.record, proc)
+                finally:
+                    rc = proc.wait()
+                if rc != 0:
+                    err.seek(0)
+                    msg = err.read().decode(errors="replace").strip()[-500:]
+                    verdicts.append(ObjectVerdict(obj.database, False, f"pg_restore --list: {msg}"))
+                    continue
+                out.seek(0)
+                entries = sum(
+                    1 for line in out.read().decode().splitlines() if line and line[0] != ";"
+                )
+            verdicts.append(
+                ObjectVerdict(obj.database, True, f"{obj.database}: {entries} TOC entries", entries)
+            )
+        except PgBackupError as exc:
+            verdicts.append(ObjectVerdict(obj.database, False, str(exc)))
+    return verdicts

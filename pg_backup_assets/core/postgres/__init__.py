@@ -1,0 +1,1 @@
+"""Talking to PostgreSQL: libpq DSNs and server facts, the client tools, local servers."""

@@ -1,0 +1,1 @@
+"""Where objects live: storage backends (local, S3), the streaming codec and the repository."""

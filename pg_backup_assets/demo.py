@@ -7,16 +7,19 @@ so ``make ui`` shows the runs, checks and metadata afterwards.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 
 from pg_backup_assets import local_s3
-from pg_backup_assets.core.base.restore import Target, restore
+from pg_backup_assets.core.base.restore import RestoreResult, Target, restore
 from pg_backup_assets.core.config import load_config
 from pg_backup_assets.core.dumps.restore import restore_dump
 from pg_backup_assets.core.offsite.store import offsite_repository
@@ -26,11 +29,20 @@ from pg_backup_assets.core.storage.codec import generate_identity
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.storage.s3 import s3_client
 from pg_backup_assets.core.wal.archive import archiving_settings
+from pg_backup_assets.defs.check_names import (
+    BASE_BACKUP_VERIFIED,
+    DUMP_RESTORABLE,
+    OFFSITE_COPY_MATCHES,
+    THREE_TWO_ONE,
+    WAL_ARCHIVE_CONTIGUOUS,
+    WAL_ARCHIVE_FRESH,
+)
 
 CLUSTER = "demo"
 DATABASE = "shop"
 TABLES = ("customers", "orders", "events")
 DEMO_BUCKET = "pgbackup-demo"
+_INFO_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 _SAMPLE = """
 CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, email text UNIQUE);
@@ -172,20 +184,52 @@ sensors:
     )
 
 
+@dataclass
+class _Story:
+    """What each step of the demo found, for the summary."""
+
+    partition: str = ""
+    run_id: str = ""
+    dump_md: dict = field(default_factory=dict)
+    base_md: dict = field(default_factory=dict)
+    offsite_md: dict = field(default_factory=dict)
+    checks: dict = field(default_factory=dict)
+    restored_db: str = ""
+    restore_dump_s: float = 0.0
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    orders_before: int = 0
+    orders_after: int = 0
+    deleted: int = 0
+    moment: dt.datetime | None = None
+    wal: dict = field(default_factory=dict)
+    wal_md: dict = field(default_factory=dict)
+    orders_recovered: int = 0
+    pitr: RestoreResult | None = None
+
+
 def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> int:
-    import dagster as dg
-
     from pg_backup_assets.definitions import build_defs
-    from pg_backup_assets.defs.check_names import (
-        BASE_BACKUP_VERIFIED,
-        DUMP_RESTORABLE,
-        OFFSITE_COPY_MATCHES,
-        THREE_TWO_ONE,
-        WAL_ARCHIVE_CONTIGUOUS,
-        WAL_ARCHIVE_FRESH,
-    )
-    from pg_backup_assets.defs.partitions import daily
 
+    _create_sample_data(cluster)
+    config = load_config(config_file)
+    defs = build_defs(str(config_file))
+    instance = dg.DagsterInstance.get()
+    story = _Story()
+    if not _back_up_through_dagster(defs, instance, story):
+        _say("the Dagster run failed; see the log above")
+        return 1
+    _restore_dump_and_compare(cluster, Repository.from_config(config), story)
+    _business_goes_on_then_oops(cluster, story)
+    story.wal = _observe_wal_archive(cluster, defs, instance)
+    _ship_wal_offsite(defs, instance, story)
+    _pitr_from_offsite(config, config_file, state, story)
+    _print_summary(cluster, config, config_file, story, t0)
+    # three_two_one is reported, not required: the demo's offsite store is on this machine.
+    return 0 if _all_good(story) else 1
+
+
+def _create_sample_data(cluster: LocalCluster) -> None:
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {DATABASE}")
     with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
@@ -193,78 +237,92 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
         if "pgcrypto" in available_extensions(cluster.dsn(DATABASE)):
             conn.execute("CREATE EXTENSION pgcrypto")
     _say(f"created database {DATABASE} with sample data ({', '.join(TABLES)})")
-    config = load_config(config_file)
-    repo = Repository.from_config(config)
 
-    # 1. Back up through Dagster, against the persistent instance the UI reads.
-    defs = build_defs(str(config_file))
-    partition = daily.get_last_partition_key()
+
+def _back_up_through_dagster(defs: dg.Definitions, instance, story: _Story) -> bool:  # noqa: ANN001
+    """Back up through Dagster, against the persistent instance the UI reads."""
+    from pg_backup_assets.defs.partitions import daily
+
+    story.partition = daily.get_last_partition_key()
     keys = [
         dg.AssetKey([CLUSTER, name])
         for name in ("logical_dump", "base_backup", "offsite_dump", "offsite_base_backup")
     ]
-    _say(f"materializing {', '.join(k.to_user_string() for k in keys)} for {partition}")
-    instance = dg.DagsterInstance.get()
+    _say(f"materializing {', '.join(k.to_user_string() for k in keys)} for {story.partition}")
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
         selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
-        partition_key=partition,
+        partition_key=story.partition,
         resources=defs.resources,
         instance=instance,
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config=_INFO_LOGS,
     )
     if not result.success:
-        _say("the Dagster run failed; see the log above")
-        return 1
-    dump_md = _metadata(result, f"{CLUSTER}__logical_dump")
-    base_md = _metadata(result, f"{CLUSTER}__base_backup")
-    offsite_md = _metadata(result, f"{CLUSTER}__offsite_base_backup")
-    checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+        return False
+    story.run_id = result.run_id
+    story.dump_md = _metadata(result, f"{CLUSTER}__logical_dump")
+    story.base_md = _metadata(result, f"{CLUSTER}__base_backup")
+    story.offsite_md = _metadata(result, f"{CLUSTER}__offsite_base_backup")
+    story.checks = {
+        (e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()
+    }
+    return True
 
-    # 2. The logical dump restores into a fresh database with identical contents.
-    restored_db = f"{DATABASE}_restored"
+
+def _restore_dump_and_compare(cluster: LocalCluster, repo: Repository, story: _Story) -> None:
+    """The logical dump restores into a fresh database with identical contents."""
+    story.restored_db = f"{DATABASE}_restored"
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {restored_db}")
+        conn.execute(f"CREATE DATABASE {story.restored_db}")
     t = time.monotonic()
-    restore_dump(repo, CLUSTER, DATABASE, cluster.dsn(restored_db), date=partition, log=_say)
-    restore_dump_s = time.monotonic() - t
-    before = _table_fingerprint(cluster.dsn(DATABASE))
-    after = _table_fingerprint(cluster.dsn(restored_db))
+    restore_dump(
+        repo, CLUSTER, DATABASE, cluster.dsn(story.restored_db), date=story.partition, log=_say
+    )
+    story.restore_dump_s = time.monotonic() - t
+    story.before = _table_fingerprint(cluster.dsn(DATABASE))
+    story.after = _table_fingerprint(cluster.dsn(story.restored_db))
 
-    # 3. Business goes on after the backup; then someone deletes the wrong rows.
+
+def _business_goes_on_then_oops(cluster: LocalCluster, story: _Story) -> None:
+    """Business goes on after the backup; then someone deletes the wrong rows."""
     with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
         conn.execute(
             "INSERT INTO orders SELECT g, 1 + g % 5000, 9.99, now() "
             "FROM generate_series(50001, 51000) g"
         )
-        orders_before = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+        story.orders_before = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
         time.sleep(1)
-        moment = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        story.moment = conn.execute("SELECT clock_timestamp()").fetchone()[0]
         time.sleep(1)
-        deleted = conn.execute("DELETE FROM orders WHERE amount > 20").rowcount
-        orders_after = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+        story.deleted = conn.execute("DELETE FROM orders WHERE amount > 20").rowcount
+        story.orders_after = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
     _say(
-        f"oops: DELETE FROM orders WHERE amount > 20 removed {deleted:,} rows at {moment:%H:%M:%S}"
+        f"oops: DELETE FROM orders WHERE amount > 20 removed {story.deleted:,} rows at "
+        f"{story.moment:%H:%M:%S}"
     )
-    wal = _observe_wal_archive(cluster, defs, instance)
+
+
+def _ship_wal_offsite(defs: dg.Definitions, instance, story: _Story) -> None:  # noqa: ANN001
     shipped = dg.materialize(
         [*defs.assets, *defs.asset_checks],
         selection=dg.AssetSelection.assets(dg.AssetKey([CLUSTER, "offsite_wal"])),
         resources=defs.resources,
         instance=instance,
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config=_INFO_LOGS,
     )
-    wal_md = _metadata(shipped, f"{CLUSTER}__offsite_wal") if shipped.success else {}
+    story.wal_md = _metadata(shipped, f"{CLUSTER}__offsite_wal") if shipped.success else {}
 
-    # 4. Point-in-time recovery to the moment before the DELETE, from the offsite copy.
-    target_time = moment.isoformat()
+
+def _pitr_from_offsite(config, config_file: Path, state: Path, story: _Story) -> None:  # noqa: ANN001
+    """Point-in-time recovery to the moment before the DELETE, from the offsite copy."""
+    target_time = story.moment.isoformat()
     _say(
         f"pgbackup restore --source offsite --to {state / 'pitr'} "
         f"--target-time '{target_time}' --start"
     )
-    pitr = restore(
+    story.pitr = restore(
         offsite_repository(config),
         config.cluster(CLUSTER),
         config_file,
@@ -276,60 +334,71 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
         source="offsite",
     )
     try:
-        with psycopg.connect(pitr.server.dsn(DATABASE)) as conn:
-            orders_recovered = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+        with psycopg.connect(story.pitr.server.dsn(DATABASE)) as conn:
+            story.orders_recovered = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
     finally:
-        pitr.server.stop()
-    rto_s = pitr.fetch_extract_s + (pitr.replay_s or 0)
+        story.pitr.server.stop()
 
+
+def _print_summary(
+    cluster: LocalCluster,
+    config,
+    config_file: Path,
+    story: _Story,
+    t0: float,  # noqa: ANN001
+) -> None:
+    s, pitr = story, story.pitr
+    dump_md, base_md = s.dump_md, s.base_md
     print("\npg-backup-assets demo summary\n-----------------------------")
     _row("cluster", f"{CLUSTER} (PostgreSQL {dump_md['server_version']}, port {cluster.port})")
-    _row("partition", f"{partition}   Dagster run {result.run_id}")
+    _row("partition", f"{s.partition}   Dagster run {s.run_id}")
     _row(
         "logical dump",
         f"{dump_md['raw_bytes']:,} bytes -> {dump_md['size_bytes']:,} stored (zstd + age) "
         f"in {dump_md['duration_s']:.2f}s",
     )
-    restorable = checks["logical_dump", DUMP_RESTORABLE]
+    restorable = s.checks["logical_dump", DUMP_RESTORABLE]
     _row(DUMP_RESTORABLE, _verdict(restorable.passed, restorable.description))
-    _row("restore-dump", f"into {restored_db} in {restore_dump_s:.2f}s")
+    _row("restore-dump", f"into {s.restored_db} in {s.restore_dump_s:.2f}s")
     for table in TABLES:
-        rows, _ = after[table]
-        same = before[table] == after[table]
+        rows, _ = s.after[table]
+        same = s.before[table] == s.after[table]
         _row(f"  {table}", f"{rows:>8,} rows  {'identical' if same else 'DIFFERS'}")
     _row(
         "base backup",
         f"{base_md['label']}: {base_md['size_bytes']:,} bytes stored in "
         f"{base_md['duration_s']:.2f}s, LSN {base_md['start_lsn']}..{base_md['stop_lsn']}",
     )
-    verified = checks["base_backup", BASE_BACKUP_VERIFIED]
+    verified = s.checks["base_backup", BASE_BACKUP_VERIFIED]
     _row(BASE_BACKUP_VERIFIED, _verdict(verified.passed, verified.description))
     _row(
         "WAL archive",
-        f"{wal['segments']} segments archived by wal-push (zstd + age); "
-        f"{wal['first_segment']}..{wal['last_segment']} needed since the base backup",
+        f"{s.wal['segments']} segments archived by wal-push (zstd + age); "
+        f"{s.wal['first_segment']}..{s.wal['last_segment']} needed since the base backup",
     )
     for name in (WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH):
-        _row(name, _verdict(*wal[name]))
-    matches = checks["offsite_base_backup", OFFSITE_COPY_MATCHES]
-    rule = checks["offsite_base_backup", THREE_TWO_ONE]
+        _row(name, _verdict(*s.wal[name]))
+    matches = s.checks["offsite_base_backup", OFFSITE_COPY_MATCHES]
+    rule = s.checks["offsite_base_backup", THREE_TWO_ONE]
     _row(
         "offsite",
-        f"base backup ({offsite_md['objects']} objects) copied to {offsite_md['offsite_store']} "
-        f"at {offsite_md['throughput_mib_s']} MiB/s; WAL shipped: "
-        f"{wal_md.get('objects', 'FAILED')} objects",
+        f"base backup ({s.offsite_md['objects']} objects) copied to "
+        f"{s.offsite_md['offsite_store']} at {s.offsite_md['throughput_mib_s']} MiB/s; "
+        f"WAL shipped: {s.wal_md.get('objects', 'FAILED')} objects",
     )
     _row(OFFSITE_COPY_MATCHES, _verdict(matches.passed, matches.description))
     _row(THREE_TWO_ONE, _verdict(rule.passed, rule.description))
     _row(
         "the oops",
-        f"DELETE removed {deleted:,} of {orders_before:,} orders ({orders_after:,} left)",
+        f"DELETE removed {s.deleted:,} of {s.orders_before:,} orders ({s.orders_after:,} left)",
     )
+    all_back = "all of them" if s.orders_recovered == s.orders_before else "NOT all of them"
     _row(
         "PITR",
-        f"from offsite, to {moment:%Y-%m-%d %H:%M:%S.%f %Z}: {orders_recovered:,} orders "
-        f"are back ({'all of them' if orders_recovered == orders_before else 'NOT all of them'})",
+        f"from offsite, to {s.moment:%Y-%m-%d %H:%M:%S.%f %Z}: {s.orders_recovered:,} orders "
+        f"are back ({all_back})",
     )
+    rto_s = pitr.fetch_extract_s + (pitr.replay_s or 0)
     _row(
         "restore time (RTO)",
         f"{rto_s:.1f}s = fetch + extract {pitr.fetch_extract_s:.1f}s + replay {pitr.replay_s:.1f}s",
@@ -340,16 +409,17 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
     _row("repository", str(config.repository))
     _row("see it in the UI", "make ui   (then open http://127.0.0.1:3000)")
     _row("try the CLI", f"PGBACKUP_CONFIG={config_file} .venv/bin/pgbackup info")
-    # three_two_one is reported, not required: the demo's offsite store is on this machine.
-    ok = (
-        before == after
-        and all(e.passed for (_, name), e in checks.items() if name != THREE_TWO_ONE)
-        and shipped.success
-        and wal[WAL_ARCHIVE_CONTIGUOUS][0]
-        and wal[WAL_ARCHIVE_FRESH][0]
-        and orders_recovered == orders_before
+
+
+def _all_good(s: _Story) -> bool:
+    return (
+        s.before == s.after
+        and all(e.passed for (_, name), e in s.checks.items() if name != THREE_TWO_ONE)
+        and bool(s.wal_md)
+        and s.wal[WAL_ARCHIVE_CONTIGUOUS][0]
+        and s.wal[WAL_ARCHIVE_FRESH][0]
+        and s.orders_recovered == s.orders_before
     )
-    return 0 if ok else 1
 
 
 def _metadata(result, node: str) -> dict:  # noqa: ANN001
@@ -360,8 +430,6 @@ def _metadata(result, node: str) -> dict:  # noqa: ANN001
 def _observe_wal_archive(cluster: LocalCluster, defs, instance) -> dict:  # noqa: ANN001
     """Close the current WAL segment, wait for wal-push, then run the WAL sensor once and
     record what it reports in the instance, as the running sensor would."""
-    import dagster as dg
-
     from pg_backup_assets.defs.wal.sensors import WAL_ARCHIVE_SENSOR
 
     cluster.switch_wal_and_wait_archived()

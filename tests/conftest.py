@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import uuid
@@ -18,11 +19,25 @@ from pg_backup_assets.core.storage.codec import generate_identity
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+OWNER = "pytest.pid"  # which test run made a folder: only a dead run's leftovers are swept
+
+
 def _reachable_tmpdir(prefix: str) -> Path:
     # pytest's tmp_path lives in a 0700 folder the postgres OS user cannot enter.
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
+    (path / OWNER).write_text(str(os.getpid()))
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture
@@ -33,10 +48,20 @@ def workdir() -> Iterator[Path]:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Stop servers a killed earlier run left behind (fixtures stop their own normally)."""
-    for pid_file in Path(tempfile.gettempdir()).glob("pgba-*/*/data/postmaster.pid"):
-        LocalCluster(pid_file.parents[1]).stop(mode="immediate")
-        shutil.rmtree(pid_file.parents[2], ignore_errors=True)
+    """Stop servers a killed earlier run left behind (fixtures stop their own normally).
+
+    Only folders whose test run is gone: a run going on beside this one keeps its servers.
+    """
+    for owner in Path(tempfile.gettempdir()).glob(f"pgba-*/{OWNER}"):
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(pid):
+            continue
+        for pid_file in owner.parent.glob("*/data/postmaster.pid"):
+            LocalCluster(pid_file.parents[1]).stop(mode="immediate")
+        shutil.rmtree(owner.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

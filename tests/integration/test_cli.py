@@ -95,22 +95,25 @@ def test_bad_config_is_rejected_naming_the_key(workdir):
     assert len(proc.stderr.strip().splitlines()) == 1  # one line, no traceback
 
 
-def test_password_never_reaches_output(workdir):
-    cfg = workdir / "secret.yaml"
-    cfg.write_text(
-        f"repository: {workdir}/repo\nclusters:\n  main:\n"
-        "    dsn: 'host=127.0.0.1 port=1 user=u password=${PGB_SECRET} connect_timeout=2'\n"
+def test_password_never_reaches_output(pg, database, workdir, monkeypatch):
+    monkeypatch.setenv("PGB_SECRET", "hunter2")
+    # A real dump in the repository, so that restore-dump gets as far as connecting.
+    cfg = write_config(workdir, f"{pg.dsn()} password=${{PGB_SECRET}}", [database])
+    config = load_config(cfg)
+    take_dump_set(
+        Repository.from_config(config), config.cluster("main"), "2026-11-25", log=lambda m: None
     )
-    proc = pgbackup(
-        "restore-dump",
-        "--database",
-        "x",
-        "--into",
-        "host=127.0.0.1 port=1 user=u password=hunter2 connect_timeout=2",
-        config=cfg,
-        env={"PGB_SECRET": "hunter2"},
-    )
-    assert proc.returncode != 0
+    down = "host=127.0.0.1 port=1 user=u password=hunter2 connect_timeout=2"
+    # The target is down: the error names it, with its password masked.
+    proc = pgbackup("restore-dump", "--database", database, "--into", down, config=cfg)
+    assert proc.returncode == 1
+    assert "cannot connect to" in proc.stderr and "password=***" in proc.stderr
+    assert "hunter2" not in proc.stdout + proc.stderr
+    # The cluster itself is down: the same, for its DSN from the config.
+    cfg.write_text(cfg.read_text().replace(f"port={pg.port}", "port=1"))
+    proc = pgbackup("restore-point", "before-upgrade", config=cfg)
+    assert proc.returncode == 1
+    assert "cannot connect to" in proc.stderr and "password=***" in proc.stderr
     assert "hunter2" not in proc.stdout + proc.stderr
 
 

@@ -26,6 +26,7 @@ from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over
 from pg_backup_assets.core.progress import Log, ProgressLog
 from pg_backup_assets.core.storage.codec import HashingReader
 from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.tools import require_tar_zstd
 from pg_backup_assets.core.wal.archive import list_archive, quote_setting, restore_command
 from pg_backup_assets.core.wal.names import Segment, find_gaps, format_lsn, parse_lsn, parse_segment
 
@@ -257,6 +258,7 @@ def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> 
     The stored bytes are hashed while tar extracts them. If they do not match the catalog,
     whatever tar wrote is removed again and the restore fails.
     """
+    require_tar_zstd()
     record = backup.objects["base.tar"]
     identities = repo.identities() if record.encrypted else None  # fail before tar starts
     local_path = getattr(repo.storage, "path", None)

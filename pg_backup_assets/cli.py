@@ -75,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="what the repository holds")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+
+    verify = sub.add_parser("verify", help="re-read every object: sha256, decoding, WAL continuity")
+    verify.add_argument(
+        "--source",
+        choices=["local", "offsite", "all"],
+        default="local",
+        help="the local repository (default), the offsite store, or both",
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -242,28 +251,97 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     names = [config.cluster(args.cluster).name] if args.cluster else sorted(config.clusters)
-    doc = repository_info(Repository.from_config(config), names)
+    offsite = None
+    if config.offsite:
+        from pg_backup_assets.core.offsite.store import offsite_repository
+
+        offsite = offsite_repository(config, max_attempts=2)  # a look, not a transfer
+    doc = repository_info(Repository.from_config(config), names, offsite)
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         print()
         return 0
     for name, c in doc["clusters"].items():
         print(f"cluster {name}")
+        if c.get("offsite_error"):
+            print(f"  offsite store: cannot be listed: {c['offsite_error']}")
         print(f"  logical dumps: {len(c['dumps'])}")
         for d in c["dumps"]:
-            print(f"    {d['date']}  {d['database']:<24} {d['size_bytes']:>14,} bytes")
+            print(
+                f"    {d['date']}  {d['database']:<24} {d['size_bytes']:>14,} bytes"
+                + _offsite_column(d)
+            )
         print(f"  base backups: {len(c['base_backups'])}")
         for b in c["base_backups"]:
             state = "verified" if b["verified"] else "NOT verified"
             print(
                 f"    {b['label']}  {b['start_lsn']}..{b['stop_lsn']} tl {b['timeline']}  "
-                f"{b['size_bytes']:>14,} bytes  {b['tier']}  {state}"
+                f"{b['size_bytes']:>14,} bytes  {b['tier']}  {state}" + _offsite_column(b)
             )
         wal = c["wal"]
         span = f" ({wal['first']} .. {wal['last']})" if wal["first"] else ""
         print(f"  WAL segments archived: {wal['count']}{span}")
+        if "offsite_missing" in wal:
+            print(f"    not offsite yet: {wal['offsite_missing']} objects")
         for first, last in wal["gaps"]:
             print(f"    GAP: {first} .. {last} missing")
+    return 0
+
+
+def _offsite_column(entry: dict) -> str:
+    return f"  offsite: {entry['offsite']}" if entry.get("offsite") else ""
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pg_backup_assets.core.config import load_config
+    from pg_backup_assets.core.storage.repository import Repository
+    from pg_backup_assets.core.verify import Report, verify_repository
+
+    config = load_config(args.config)
+    names = [config.cluster(args.cluster).name] if args.cluster else sorted(config.clusters)
+    sources = ["local", "offsite"] if args.source == "all" else [args.source]
+    report = Report()
+    for source in sources:
+        if source == "local":
+            repo = Repository.from_config(config)
+        else:
+            from pg_backup_assets.core.offsite.store import offsite_repository
+
+            repo = offsite_repository(config)
+        verify_repository(repo, source, names, lambda m: print(m, file=sys.stderr), report)
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2, sort_keys=True)
+        print()
+    else:
+        header = ("source", "cluster", "what", "item", "objects", "bytes", "result")
+        rows = [
+            (
+                r.source,
+                r.cluster,
+                r.what,
+                r.item,
+                f"{r.objects:,}",
+                f"{r.bytes:,}",
+                "ok" if r.ok else "FAILED",
+            )
+            for r in report.rows
+        ]
+        widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
+        for line in [header, *rows]:
+            print(
+                "  ".join(
+                    v.rjust(w) if i in (4, 5) else v.ljust(w)
+                    for i, (v, w) in enumerate(zip(line, widths, strict=True))
+                ).rstrip()
+            )
+    problems = report.all_problems
+    if problems:
+        print(f"\n{len(problems)} problems:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    if not args.json:
+        print(f"\nevery object re-read and decoded; no problem found ({len(report.rows)} rows)")
     return 0
 
 
@@ -273,6 +351,7 @@ _COMMANDS = {
     "demo": _cmd_demo,
     "restore-dump": _cmd_restore_dump,
     "info": _cmd_info,
+    "verify": _cmd_verify,
     "restore": _cmd_restore,
     "restore-point": _cmd_restore_point,
     "wal-push": _cmd_wal_push,

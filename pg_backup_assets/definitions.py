@@ -3,23 +3,43 @@
 import dagster as dg
 
 from pg_backup_assets.core.config import load_config
+from pg_backup_assets.defs.alerts.sensors import build_alert_sensor
 from pg_backup_assets.defs.clusters import build_cluster_defs
+from pg_backup_assets.defs.context import cluster_context
 from pg_backup_assets.defs.offsite.sensors import build_offsite_wal_sensor
+from pg_backup_assets.defs.partitions import daily_partitions
 from pg_backup_assets.defs.resources import PgBackupResource, s3_resource
+from pg_backup_assets.defs.schedules import build_jobs
 from pg_backup_assets.defs.wal.sensors import build_wal_archive_sensor
 
 
 def build_defs(config_path: str | None = None) -> dg.Definitions:
     config = load_config(config_path)
-    clusters = list(config.clusters)
-    has_offsite = config.offsite is not None
-    sensors = [build_wal_archive_sensor(clusters, config.sensors.wal_archive_interval_seconds)]
-    if has_offsite:
+    daily = daily_partitions(config)
+    contexts = [cluster_context(config, name, daily) for name in config.clusters]
+    jobs = {c.name: build_jobs(c) for c in contexts}
+    clusters = dg.Definitions.merge(
+        *(build_cluster_defs(c, jobs[c.name], config) for c in contexts)
+    )
+    intervals = config.sensors
+    sensors = [
+        build_wal_archive_sensor(
+            contexts,
+            {name: j.base_backup for name, j in jobs.items()},
+            intervals.wal_archive_interval_seconds,
+        ),
+        build_alert_sensor(intervals.alert_interval_seconds),
+    ]
+    if config.offsite is not None:
         sensors.append(
-            build_offsite_wal_sensor(clusters, config.sensors.offsite_wal_interval_seconds)
+            build_offsite_wal_sensor(
+                contexts,
+                {name: j.offsite_wal for name, j in jobs.items()},
+                intervals.offsite_wal_interval_seconds,
+            )
         )
     return dg.Definitions.merge(
-        *(build_cluster_defs(name, has_offsite) for name in clusters),
+        clusters,
         dg.Definitions(
             sensors=sensors,
             resources={

@@ -216,7 +216,7 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
     defs = build_defs(str(config_file))
     instance = dg.DagsterInstance.get()
     story = _Story()
-    if not _back_up_through_dagster(defs, instance, story):
+    if not _back_up_through_dagster(defs, instance, story, config):
         _say("the Dagster run failed; see the log above")
         return 1
     _restore_dump_and_compare(cluster, Repository.from_config(config), story)
@@ -239,11 +239,12 @@ def _create_sample_data(cluster: LocalCluster) -> None:
     _say(f"created database {DATABASE} with sample data ({', '.join(TABLES)})")
 
 
-def _back_up_through_dagster(defs: dg.Definitions, instance, story: _Story) -> bool:  # noqa: ANN001
-    """Back up through Dagster, against the persistent instance the UI reads."""
-    from pg_backup_assets.defs.partitions import daily
+def _back_up_through_dagster(defs: dg.Definitions, instance, story: _Story, config) -> bool:  # noqa: ANN001
+    """Back up through Dagster, against the persistent instance the UI reads: today's
+    partition, as the daily schedule would take it."""
+    from pg_backup_assets.defs.partitions import today
 
-    story.partition = daily.get_last_partition_key()
+    story.partition = today(config)
     keys = [
         dg.AssetKey([CLUSTER, name])
         for name in ("logical_dump", "base_backup", "offsite_dump", "offsite_base_backup")
@@ -428,13 +429,16 @@ def _metadata(result, node: str) -> dict:  # noqa: ANN001
 
 
 def _observe_wal_archive(cluster: LocalCluster, defs, instance) -> dict:  # noqa: ANN001
-    """Close the current WAL segment, wait for wal-push, then run the WAL sensor once and
-    record what it reports in the instance, as the running sensor would."""
+    """Close the current WAL segment, wait for wal-push, then evaluate one tick of the WAL
+    sensor as the daemon does (evaluate_tick) and record its events in the instance."""
     from pg_backup_assets.defs.wal.sensors import WAL_ARCHIVE_SENSOR
 
     cluster.switch_wal_and_wait_archived()
     sensor = defs.resolve_sensor_def(WAL_ARCHIVE_SENSOR)
-    result = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    with dg.build_sensor_context(
+        instance=instance, resources=defs.resources, repository_def=defs.get_repository_def()
+    ) as context:
+        result = sensor.evaluate_tick(context)
     out: dict = {}
     for event in result.asset_events:
         instance.report_runless_asset_event(event)

@@ -137,7 +137,10 @@ def write_config(
     cluster: str = "main",
     rpo_seconds: int | None = None,
     extra: str = "",
+    start_date: str | None = "2026-11-01",
 ) -> Path:
+    """A config for one cluster. ``start_date``: the first daily partition (tests back up
+    fixed days such as 2026-11-26; a deployment's default is its first backup's day)."""
     repo = workdir / "repo"
     repo.mkdir(exist_ok=True)
     hand_over(repo)
@@ -150,6 +153,8 @@ def write_config(
         lines += ["encryption:", f"  recipients: [{recipient}]"]
         if identity_file:
             lines.append(f"  identity_file: {identity_file}")
+    if start_date:
+        lines += ["schedules:", f"  start_date: '{start_date}'"]
     path = workdir / "pgbackup.yaml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
@@ -249,6 +254,25 @@ def s3_endpoint() -> Iterator[str]:
 
     with local_s3_endpoint() as url:
         yield url
+
+
+def tick(defs, sensor_name: str, instance, cursor: str | None = None):  # noqa: ANN001, ANN201
+    """One sensor tick as the daemon runs it: ``SensorDefinition.evaluate_tick`` (which
+    resolves run requests against the sensor's targets), then the events it emitted are
+    recorded in the instance. Returns the tick's SensorExecutionData."""
+    import dagster as dg
+
+    sensor = defs.resolve_sensor_def(sensor_name)
+    with dg.build_sensor_context(
+        instance=instance,
+        resources=defs.resources,
+        repository_def=defs.get_repository_def(),
+        cursor=cursor,
+    ) as context:
+        data = sensor.evaluate_tick(context)
+    for event in data.asset_events:
+        instance.report_runless_asset_event(event)
+    return data
 
 
 def make_bucket(endpoint: str, object_lock: bool = False) -> str:

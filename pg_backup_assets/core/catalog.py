@@ -10,11 +10,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pg_backup_assets.core.errors import NotFoundError, PgBackupError
-from pg_backup_assets.core.storage.repository import ObjectRecord, Repository, record_dict
+from pg_backup_assets.core.storage.repository import (
+    CATALOG,
+    ObjectRecord,
+    Repository,
+    record_dict,
+)
 from pg_backup_assets.core.wal.names import format_lsn, parse_lsn
 
 VERIFIED = "verified.json"
@@ -272,6 +278,18 @@ def find_dump_set(repo: Repository, cluster: str, date: str | None = None) -> Du
             f"no logical dump of cluster {cluster!r}{when} in the repository at {repo.describe()}"
         )
     return sets[-1]
+
+
+def oldest_backup_day(repo: Repository, clusters: Sequence[str]) -> str | None:
+    """The oldest day that has a base backup or a dump set of any of ``clusters``."""
+    days = [
+        info.key.split("/")[2]
+        for cluster in clusters
+        for prefix in (base_prefix(cluster), dump_prefix(cluster))
+        for info in repo.storage.list(prefix)
+        if info.key.endswith("/" + CATALOG) and info.key.count("/") == 4
+    ]
+    return min(days, default=None)
 
 
 # -- restore points ----------------------------------------------------------------------------

@@ -6,11 +6,13 @@ Every problem is reported as one line that names the key at fault. Strings may u
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -19,6 +21,12 @@ from pg_backup_assets.core.errors import ConfigError
 CONFIG_ENV = "PGBACKUP_CONFIG"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def dagster_name(cluster: str) -> str:
+    """A cluster name as Dagster's group and job names allow it (``^[A-Za-z0-9_]+$``)."""
+    return cluster.replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -59,15 +67,36 @@ class Retention:
     yearly: int = 7
 
 
+ALERT_FORMATS = ("json", "slack")
+
+
 @dataclass(frozen=True)
 class Alerts:
-    webhook_url: str | None = None
+    webhook_url: str | None = None  # a secret (Slack's URLs are): never logged
+    format: str = "json"  # or "slack": {"text": ...}
+    ui_url: str | None = None  # the Dagster UI's address, for links in alerts
+    mute: tuple[str, ...] = ()  # patterns like "main/logical_dump:size_anomaly", "*/three_two_one"
 
 
 @dataclass(frozen=True)
 class Sensors:
     wal_archive_interval_seconds: int = 60
     offsite_wal_interval_seconds: int = 60
+    alert_interval_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class Schedules:
+    daily: str = "30 2 * * *"  # cron of the daily backup run
+    timezone: str = "UTC"
+    start_date: str | None = None  # the first daily partition; None: see partition_start
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    lock_wait_seconds: int = 300  # pg_dump --lock-wait-timeout
+    archive_wait_seconds: int = 600  # how long pg_basebackup may wait for WAL archiving
+    run_seconds: int = 6 * 3600  # every Dagster run's dagster/max_runtime
 
 
 @dataclass(frozen=True)
@@ -79,6 +108,8 @@ class Config:
     retention: Retention = field(default_factory=Retention)
     alerts: Alerts = field(default_factory=Alerts)
     sensors: Sensors = field(default_factory=Sensors)
+    schedules: Schedules = field(default_factory=Schedules)
+    timeouts: Timeouts = field(default_factory=Timeouts)
     source: Path | None = None
 
     def cluster(self, name: str | None) -> ClusterConfig:
@@ -136,7 +167,15 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
         top,
         "",
         required={"repository", "clusters"},
-        optional={"offsite", "encryption", "retention", "alerts", "sensors"},
+        optional={
+            "offsite",
+            "encryption",
+            "retention",
+            "alerts",
+            "sensors",
+            "schedules",
+            "timeouts",
+        },
     )
     base = source.parent if source else Path.cwd()
     repository = _path(top["repository"], "repository", base)
@@ -147,29 +186,135 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
     clusters = {
         name: _cluster(name, value, need_dsn_secrets) for name, value in clusters_raw.items()
     }
+    _distinct_dagster_names(clusters)
 
     offsite = _offsite(top["offsite"], base) if top.get("offsite") is not None else None
     encryption = _encryption(top["encryption"], base) if top.get("encryption") is not None else None
     retention = _retention(top.get("retention") or {})
-    alerts_raw = _mapping(top.get("alerts") or {}, "alerts")
-    _only(alerts_raw, "alerts", optional={"webhook_url"})
-    alerts = Alerts(webhook_url=_opt_str(alerts_raw.get("webhook_url"), "alerts.webhook_url"))
-    sensors_raw = _mapping(top.get("sensors") or {}, "sensors")
-    intervals = ("wal_archive_interval_seconds", "offsite_wal_interval_seconds")
-    _only(sensors_raw, "sensors", optional=set(intervals))
-    sensors = Sensors(
-        **{k: _positive_int(sensors_raw.get(k, 60), f"sensors.{k}") for k in intervals}
-    )
+    sensors = Sensors(**_positive_ints(top.get("sensors"), "sensors", Sensors()))
+    timeouts = Timeouts(**_positive_ints(top.get("timeouts"), "timeouts", Timeouts()))
     return Config(
         repository=repository,
         clusters=clusters,
         offsite=offsite,
         encryption=encryption,
         retention=retention,
-        alerts=alerts,
+        alerts=_alerts(top.get("alerts") or {}),
         sensors=sensors,
+        schedules=_schedules(top.get("schedules") or {}),
+        timeouts=timeouts,
         source=source,
     )
+
+
+def _distinct_dagster_names(clusters: dict[str, ClusterConfig]) -> None:
+    seen: dict[str, str] = {}
+    for name in clusters:
+        other = seen.setdefault(dagster_name(name), name)
+        if other != name:
+            raise ConfigError(
+                f"config key 'clusters.{name}': clusters {other!r} and {name!r} would share the "
+                f"Dagster group name {dagster_name(name)!r} ('-' becomes '_'); rename one"
+            )
+
+
+def _positive_ints(value: Any, key: str, defaults: Any) -> dict[str, int]:
+    """A mapping of whole numbers > 0 whose keys are the fields of ``defaults``."""
+    body = _mapping(value or {}, key)
+    names = set(defaults.__dataclass_fields__)
+    _only(body, key, optional=names)
+    return {k: _positive_int(body.get(k, getattr(defaults, k)), f"{key}.{k}") for k in names}
+
+
+def _alerts(value: Any) -> Alerts:
+    body = _mapping(value, "alerts")
+    _only(body, "alerts", optional={"webhook_url", "format", "ui_url", "mute"})
+    fmt = body.get("format", "json")
+    if fmt not in ALERT_FORMATS:
+        raise ConfigError(
+            f"config key 'alerts.format': expected one of {', '.join(ALERT_FORMATS)}, got {fmt!r}"
+        )
+    mute = body.get("mute") or []
+    if not isinstance(mute, list) or not all(isinstance(m, str) and m for m in mute):
+        raise ConfigError("config key 'alerts.mute': expected a list of patterns")
+    return Alerts(
+        # The webhook URL is a secret (Slack's carry their token): never shown back.
+        webhook_url=_url(body.get("webhook_url"), "alerts.webhook_url", secret=True),
+        format=fmt,
+        ui_url=_url(body.get("ui_url"), "alerts.ui_url"),
+        mute=tuple(mute),
+    )
+
+
+def _url(value: Any, key: str, secret: bool = False) -> str | None:
+    if value is None:
+        return None
+    url = _str(value, key, secret=secret)
+    if not re.match(r"^https?://[^\s/]+", url):
+        shown = "a value that is not one" if secret else repr(url)
+        raise ConfigError(f"config key {key!r}: expected an http(s):// URL, got {shown}")
+    return url.rstrip("/")
+
+
+def _schedules(value: Any) -> Schedules:
+    body = _mapping(value, "schedules")
+    _only(body, "schedules", optional={"daily", "timezone", "start_date"})
+    daily = _cron(body.get("daily", Schedules.daily), "schedules.daily")
+    timezone = _str(body.get("timezone", "UTC"), "schedules.timezone")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"config key 'schedules.timezone': {timezone!r} is not an IANA time zone "
+            "(e.g. UTC, Europe/Berlin)"
+        ) from None
+    start = body.get("start_date")
+    if start is not None:
+        # YAML reads an unquoted 2026-11-01 as a date.
+        start = start.isoformat() if isinstance(start, dt.date) else start
+        if not isinstance(start, str) or not _DAY.match(start):
+            raise ConfigError(
+                f"config key 'schedules.start_date': expected a day as YYYY-MM-DD, got {start!r}"
+            )
+        try:
+            dt.date.fromisoformat(start)
+        except ValueError:
+            raise ConfigError(f"config key 'schedules.start_date': no such day {start!r}") from None
+    return Schedules(daily=daily, timezone=timezone, start_date=start)
+
+
+_CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+
+
+def _cron(value: Any, key: str) -> str:
+    """A five-field cron expression of numbers, ``*``, ranges, steps and lists."""
+    text = _str(value, key)
+    fields = text.split()
+    if len(fields) != 5:
+        raise ConfigError(
+            f"config key {key!r}: expected a cron expression with 5 fields "
+            f"(minute hour day-of-month month day-of-week), got {text!r}"
+        )
+    for field_text, (what, low, high) in zip(fields, _CRON_FIELDS, strict=True):
+        for part in field_text.split(","):
+            m = re.match(r"^(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?$", part)
+            numbers = [int(g) for g in (m.group(2, 3) if m else ()) if g is not None]
+            if (
+                not m
+                or any(n < low or n > high for n in numbers)
+                or (m.group(4) is not None and int(m.group(4)) == 0)
+            ):
+                raise ConfigError(
+                    f"config key {key!r}: {part!r} is not a valid {what} field "
+                    f"({low}-{high}, '*', ranges a-b, steps /n and lists a,b) in {text!r}"
+                )
+    return text
 
 
 def _cluster(name: Any, value: Any, need_dsn_secrets: bool = True) -> ClusterConfig:

@@ -13,14 +13,23 @@ from pg_backup_assets.core.catalog import (
     list_dump_sets,
     verification,
 )
+from pg_backup_assets.core.errors import PgBackupError
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.wal.archive import list_archive
 from pg_backup_assets.core.wal.names import find_gaps, format_lsn
 
 
-def repository_info(repo: Repository, clusters: Sequence[str]) -> dict[str, Any]:
+def repository_info(
+    repo: Repository, clusters: Sequence[str], offsite: Repository | None = None
+) -> dict[str, Any]:
+    """What the repository holds; with ``offsite``, each backup's state there too:
+    "copied" (every object and the catalog entry, sizes equal), "partial", "missing", or
+    "unknown" (the store cannot be listed: ``offsite_error`` says why)."""
     out: dict[str, Any] = {"repository": repo.describe(), "clusters": {}}
+    if offsite is not None:
+        out["offsite"] = offsite.describe()
     for name in clusters:
+        held = _OffsiteListing(offsite, name)
         dumps = [
             {
                 "date": s.date,
@@ -29,20 +38,50 @@ def repository_info(repo: Repository, clusters: Sequence[str]) -> dict[str, Any]
                 "raw_bytes": o.record.raw_bytes,
                 "set_id": s.set_id,
                 "sha256": o.record.sha256,
+                "offsite": held.state([o.record.key for o in s.objects] + [s.catalog_key], repo),
             }
             for s in list_dump_sets(repo, name)
             for o in s.objects
             if o.database != GLOBALS
         ]
+        backups = []
+        for b in list_base_backups(repo, name):
+            info = _backup_info(repo, b)
+            info["offsite"] = held.state(
+                [r.key for r in b.objects.values()] + [b.catalog_key], repo
+            )
+            backups.append(info)
         out["clusters"][name] = {
-            "base_backups": [_backup_info(repo, b) for b in list_base_backups(repo, name)],
+            "base_backups": backups,
             "dumps": dumps,
-            "wal": _wal_info(repo, name),
+            "wal": _wal_info(repo, name, held),
         }
+        if held.error:
+            out["clusters"][name]["offsite_error"] = held.error
     return out
 
 
-def _wal_info(repo: Repository, cluster: str) -> dict[str, Any]:
+class _OffsiteListing:
+    """One listing of a cluster's objects in the offsite store, for every state question."""
+
+    def __init__(self, offsite: Repository | None, cluster: str):
+        self.sizes: dict[str, int] | None = None
+        self.error: str | None = None
+        if offsite is None:
+            return
+        try:
+            self.sizes = {o.key: o.size for o in offsite.storage.list(f"{cluster}/")}
+        except PgBackupError as exc:
+            self.error = str(exc)
+
+    def state(self, keys: Sequence[str], repo: Repository) -> str | None:
+        if self.sizes is None:
+            return "unknown" if self.error else None
+        same = sum(1 for k in keys if self.sizes.get(k) == repo.storage.stat(k).size)
+        return "copied" if same == len(keys) else "partial" if same else "missing"
+
+
+def _wal_info(repo: Repository, cluster: str, held: _OffsiteListing) -> dict[str, Any]:
     listing = list_archive(repo, cluster)
     wal: dict[str, Any] = {
         "first": None,
@@ -59,6 +98,8 @@ def _wal_info(repo: Repository, cluster: str) -> dict[str, Any]:
         wal.update(first=gaps.first, last=gaps.last, gaps=[list(g) for g in gaps.missing])
         if gaps.missing_history:
             wal["missing_history"] = gaps.missing_history
+    if held.sizes is not None:
+        wal["offsite_missing"] = sum(1 for o in listing.objects if o.key not in held.sizes)
     return wal
 
 

@@ -1,9 +1,11 @@
-"""The asset factory: one asset group per configured cluster."""
+"""The asset factory: one asset group per configured cluster, with its jobs and schedule."""
 
 import dagster as dg
 
+from pg_backup_assets.core.config import Config
 from pg_backup_assets.defs.base.assets import build_base_backup
 from pg_backup_assets.defs.base.checks import build_base_backup_verified
+from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.dumps.assets import build_logical_dump
 from pg_backup_assets.defs.dumps.checks import build_dump_restorable
 from pg_backup_assets.defs.offsite.assets import (
@@ -12,25 +14,20 @@ from pg_backup_assets.defs.offsite.assets import (
     build_offsite_wal,
 )
 from pg_backup_assets.defs.offsite.checks import build_offsite_checks
+from pg_backup_assets.defs.schedules import ClusterJobs, build_daily_schedule
 from pg_backup_assets.defs.wal.assets import build_wal_archive
 from pg_backup_assets.defs.wal.checks import build_wal_archive_checks
 
 
-def build_cluster_defs(cluster: str, offsite: bool) -> dg.Definitions:
-    assets = [build_logical_dump(cluster), build_base_backup(cluster), build_wal_archive(cluster)]
-    checks = [
-        build_dump_restorable(cluster),
-        build_base_backup_verified(cluster),
-        build_wal_archive_checks(cluster),
-    ]
-    if offsite:
-        assets += [
-            build_offsite_dump(cluster),
-            build_offsite_base_backup(cluster),
-            build_offsite_wal(cluster),
-        ]
-        checks += [
-            *build_offsite_checks(cluster, "dump"),
-            *build_offsite_checks(cluster, "base_backup"),
-        ]
-    return dg.Definitions(assets=assets, asset_checks=checks)
+def build_cluster_defs(c: ClusterContext, jobs: ClusterJobs, config: Config) -> dg.Definitions:
+    assets = [build_logical_dump(c), build_base_backup(c), build_wal_archive(c)]
+    checks = [build_dump_restorable(c), build_base_backup_verified(c), build_wal_archive_checks(c)]
+    if c.offsite:
+        assets += [build_offsite_dump(c), build_offsite_base_backup(c), build_offsite_wal(c)]
+        checks += [*build_offsite_checks(c, "dump"), *build_offsite_checks(c, "base_backup")]
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs.all(),
+        schedules=[build_daily_schedule(c, jobs.daily_backup, config.schedules)],
+    )

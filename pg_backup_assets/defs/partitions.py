@@ -1,14 +1,47 @@
+import datetime as dt
 import warnings
 from collections.abc import Callable
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-# A day's partition exists once the day is over: the nightly run backs up "yesterday".
-daily = dg.DailyPartitionsDefinition(start_date="2026-01-01")
+from pg_backup_assets.core.catalog import oldest_backup_day
+from pg_backup_assets.core.config import Config
+from pg_backup_assets.core.errors import PgBackupError
+from pg_backup_assets.core.storage.repository import Repository
+
+
+def daily_partitions(config: Config) -> dg.DailyPartitionsDefinition:
+    """One partition per day, in the schedules' time zone, today included: a backup belongs
+    to the day it is taken (the nightly run's and a WAL gap's alike).
+
+    The first day is ``schedules.start_date``, else the oldest backup's day, else today:
+    a new deployment does not show months of "missing" days.
+    """
+    tz = config.schedules.timezone
+    return dg.DailyPartitionsDefinition(
+        start_date=config.schedules.start_date or _first_day(config),
+        timezone=tz,
+        end_offset=1,
+    )
+
+
+def today(config: Config) -> str:
+    return dt.datetime.now(ZoneInfo(config.schedules.timezone)).date().isoformat()
+
+
+def _first_day(config: Config) -> str:
+    try:
+        oldest = oldest_backup_day(Repository.from_config(config), list(config.clusters))
+    except (PgBackupError, OSError):
+        oldest = None  # an unreadable repository must not stop the definitions loading
+    return oldest or today(config)
 
 
 def daily_check(
-    fn: Callable[..., dg.AssetCheckResult], **kwargs: object
+    fn: Callable[..., dg.AssetCheckResult],
+    partitions_def: dg.PartitionsDefinition,
+    **kwargs: object,
 ) -> dg.AssetChecksDefinition:
     """An asset check partitioned like the daily asset it guards (it must know the day).
 
@@ -16,4 +49,4 @@ def daily_check(
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        return dg.asset_check(partitions_def=daily, **kwargs)(fn)
+        return dg.asset_check(partitions_def=partitions_def, **kwargs)(fn)

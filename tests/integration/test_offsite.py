@@ -20,7 +20,7 @@ from pg_backup_assets.core.wal.archive import list_archive
 from pg_backup_assets.definitions import build_defs
 from pg_backup_assets.defs.check_names import OFFSITE_COPY_MATCHES, OFFSITE_WAL_FRESH, THREE_TWO_ONE
 from pg_backup_assets.defs.offsite.sensors import OFFSITE_WAL_SENSOR
-from tests.conftest import TcpProxy, archiving_settings, make_bucket, write_config
+from tests.conftest import TcpProxy, archiving_settings, make_bucket, tick, write_config
 from tests.integration.test_cli import pgbackup
 from tests.integration.test_wal_archive import sql, switch_and_wait_archived
 
@@ -79,18 +79,15 @@ def test_s3_offsite_survives_losing_the_local_repository(workdir, s3_endpoint):
         sql(primary, "INSERT INTO t SELECT g FROM generate_series(1001, 3000) g")
         switch_and_wait_archived(primary)
         defs = build_defs(str(config))
-        sensor = defs.resolve_sensor_def(OFFSITE_WAL_SENSOR)
         with dg.instance_for_test() as instance:
-            ctx = dg.build_sensor_context(instance=instance, resources=defs.resources)
-            [request] = sensor(ctx).run_requests
-            assert request.asset_selection == [dg.AssetKey(["main", "offsite_wal"])]
+            [request] = tick(defs, OFFSITE_WAL_SENSOR, instance).run_requests
+            assert request.job_name == "main_offsite_wal"
         result = materialize(config, [dg.AssetKey(["main", "offsite_wal"])], day=None)
         assert result.success
         fresh = checks_of(result, "offsite_wal")[OFFSITE_WAL_FRESH]
         assert fresh.passed, fresh.description
         with dg.instance_for_test() as instance:
-            ctx = dg.build_sensor_context(instance=instance, resources=defs.resources)
-            assert not sensor(ctx).run_requests  # everything is offsite now
+            assert not tick(defs, OFFSITE_WAL_SENSOR, instance).run_requests  # all offsite now
 
         # wal-fetch falls back to the offsite copy when the local one is gone or damaged.
         local = Repository.from_config(load_config(config))

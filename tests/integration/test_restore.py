@@ -24,7 +24,6 @@ from pg_backup_assets.core.postgres.local_cluster import LocalCluster
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.wal.archive import find
 from pg_backup_assets.definitions import build_defs
-from pg_backup_assets.defs.base.assets import base_backup_key
 from pg_backup_assets.defs.check_names import BASE_BACKUP_VERIFIED, SIZE_ANOMALY
 from tests.conftest import _reachable_tmpdir, archiving_settings, write_config
 from tests.integration.test_cli import pgbackup
@@ -76,7 +75,7 @@ def scenario() -> Scenario:
         insert_marker(primary, "m0")
 
         defs = build_defs(str(config))
-        key_ = base_backup_key("main")
+        key_ = dg.AssetKey(["main", "base_backup"])
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks],
             selection=dg.AssetSelection.assets(key_) | dg.AssetSelection.checks_for_assets(key_),
@@ -242,7 +241,7 @@ def test_corrupted_base_backup_is_caught_by_the_check_and_by_restore(scenario, t
     path.write_bytes(bytes(damaged))
     try:
         defs = build_defs(str(scenario.config))
-        check = dg.AssetCheckKey(base_backup_key("main"), BASE_BACKUP_VERIFIED)
+        check = dg.AssetCheckKey(dg.AssetKey(["main", "base_backup"]), BASE_BACKUP_VERIFIED)
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks],
             selection=dg.AssetSelection.checks(check),

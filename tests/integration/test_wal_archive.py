@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from pg_backup_assets.core.wal.status import inspect_archive
 from pg_backup_assets.definitions import build_defs
 from pg_backup_assets.defs.check_names import WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH
 from pg_backup_assets.defs.wal.sensors import WAL_ARCHIVE_SENSOR
-from tests.conftest import archiving_settings, write_config
+from tests.conftest import archiving_settings, tick, write_config
 from tests.integration.test_cli import pgbackup
 
 
@@ -49,15 +50,12 @@ def repo_of(config: Path) -> Repository:
     return Repository.from_config(load_config(config))
 
 
-def run_sensor(config: Path) -> dg.SensorResult:
-    defs = build_defs(str(config))
-    sensor = defs.resolve_sensor_def(WAL_ARCHIVE_SENSOR)
+def run_sensor(config: Path):  # noqa: ANN201
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources=defs.resources)
-        return sensor(context)
+        return tick(build_defs(str(config)), WAL_ARCHIVE_SENSOR, instance)
 
 
-def check_evaluations(result: dg.SensorResult) -> dict[str, dg.AssetCheckEvaluation]:
+def check_evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:  # noqa: ANN001
     return {e.check_name: e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)}
 
 
@@ -114,7 +112,8 @@ def test_missing_segment_fails_the_sensors_contiguity_check(archiving):
     # The gap cuts PITR across it: one fresh base backup is requested, keyed on the gap
     # so that Dagster launches it once however many ticks see the same gap.
     [request] = result.run_requests
-    assert request.asset_selection == [dg.AssetKey(["main", "base_backup"])]
+    assert request.job_name == "main_base_backup"
+    assert request.partition_key == dt.datetime.now(dt.UTC).date().isoformat()  # taken today
     assert victim in request.run_key
     assert run_sensor(config).run_requests[0].run_key == request.run_key
 

@@ -170,7 +170,7 @@ def test_passwords_are_redacted_and_kept_out_of_argv():
     assert "hunter2" not in redact_dsn("postgresql://app:hunter2@db.example/x")
     conninfo, env = split_dsn(dsn)
     assert "hunter2" not in conninfo
-    assert env == {"PGPASSWORD": "hunter2"}
+    assert env["PGPASSWORD"] == "hunter2" and "hunter2" not in str(env.get("PGCONNECT_TIMEOUT"))
 
 
 def test_archive_commands_do_not_need_dsn_secrets(monkeypatch, tmp_path):
@@ -181,3 +181,64 @@ def test_archive_commands_do_not_need_dsn_secrets(monkeypatch, tmp_path):
         load_config(path)
     config = load_config(path, need_dsn_secrets=False)
     assert config.cluster("main").dsn == "password=${PGB_UNSET_VAR}"
+
+
+BASE = "repository: r\nclusters: {main: {dsn: x}}\n"
+
+
+def test_schedule_alert_and_timeout_defaults():
+    config = parse(BASE)
+    assert (config.schedules.daily, config.schedules.timezone) == ("30 2 * * *", "UTC")
+    assert config.schedules.start_date is None  # the oldest backup's day, else today
+    assert config.alerts.webhook_url is None and config.alerts.format == "json"
+    assert config.timeouts.lock_wait_seconds == 300
+    assert config.timeouts.archive_wait_seconds == 600
+    assert config.sensors.alert_interval_seconds == 30
+
+
+def test_schedules_alerts_timeouts_are_read():
+    config = parse(
+        BASE
+        + "schedules: {daily: '15 1 * * 1-5', timezone: Europe/Berlin, start_date: 2026-11-01}\n"
+        + "alerts: {webhook_url: 'https://hooks.example/T0/abc', format: slack, "
+        + "ui_url: 'http://dagster:3000/', mute: ['*:size_anomaly']}\n"
+        + "timeouts: {lock_wait_seconds: 5, run_seconds: 3600}\n"
+    )
+    assert config.schedules.daily == "15 1 * * 1-5"
+    assert config.schedules.start_date == "2026-11-01"  # an unquoted YAML date too
+    assert config.alerts.format == "slack" and config.alerts.mute == ("*:size_anomaly",)
+    assert config.alerts.ui_url == "http://dagster:3000"
+    assert (config.timeouts.lock_wait_seconds, config.timeouts.run_seconds) == (5, 3600)
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        ("schedules: {daily: '61 2 * * *'}", "'schedules.daily': '61' is not a valid minute"),
+        ("schedules: {daily: 'nightly'}", "'schedules.daily': expected a cron expression"),
+        ("schedules: {timezone: Mars/Olympus}", "'schedules.timezone'"),
+        ("schedules: {start_date: '2026-02-30'}", "'schedules.start_date': no such day"),
+        ("schedules: {start_date: yesterday}", "'schedules.start_date'"),
+        ("alerts: {format: teams}", "'alerts.format'"),
+        ("alerts: {webhook_url: 'hooks.example/abc'}", "'alerts.webhook_url'"),
+        ("alerts: {mute: size_anomaly}", "'alerts.mute'"),
+        ("timeouts: {lock_wait_seconds: 0}", "'timeouts.lock_wait_seconds'"),
+        ("timeouts: {run_secs: 5}", "'timeouts.run_secs'"),
+        ("sensors: {alert_interval_seconds: fast}", "'sensors.alert_interval_seconds'"),
+    ],
+)
+def test_bad_schedule_alert_timeout_values_are_named(extra, named):
+    assert named in error_of(BASE + extra + "\n")
+
+
+def test_webhook_url_is_never_echoed():
+    message = error_of(BASE + "alerts: {webhook_url: 'hooks.example/T0/s3cr3t'}\n")
+    assert "s3cr3t" not in message
+
+
+def test_cluster_names_dagster_cannot_tell_apart_are_refused():
+    # '-' becomes '_' in Dagster's group and job names.
+    config = parse("repository: r\nclusters: {prod-eu: {dsn: x}}\n")
+    assert list(config.clusters) == ["prod-eu"]
+    message = error_of("repository: r\nclusters: {prod-eu: {dsn: x}, prod_eu: {dsn: y}}\n")
+    assert "'clusters.prod_eu'" in message and "'prod_eu'" in message

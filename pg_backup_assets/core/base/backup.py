@@ -54,9 +54,18 @@ def _next_xid(dsn: str) -> int:
 
 
 def take_base_backup(
-    repo: Repository, cluster: ClusterConfig, date: str, log: Log = print
+    repo: Repository,
+    cluster: ClusterConfig,
+    date: str,
+    log: Log = print,
+    archive_wait_s: int = 600,
 ) -> BaseBackup:
-    """pg_basebackup of ``cluster`` (fast checkpoint, tar, server-side zstd) for ``date``."""
+    """pg_basebackup of ``cluster`` (fast checkpoint, tar, server-side zstd) for ``date``.
+
+    ``archive_wait_s``: how long pg_basebackup may wait at its end for the server to
+    archive the backup's last WAL segment; a server whose archiving is broken would
+    otherwise keep it waiting for ever.
+    """
     check_date(date)
     facts = server_facts(cluster.dsn)
     details = _server_details(cluster.dsn)
@@ -72,7 +81,8 @@ def take_base_backup(
     # zstd on the server, in parallel where the server's libzstd allows it; its output
     # goes to a staging folder (a compressed tar cannot carry the manifest on stdout).
     compression = "server-zstd:level=3,workers=2"
-    conninfo, env = split_dsn(cluster.dsn)
+    # The application name finds this backup's walsender in pg_stat_activity.
+    conninfo, env = split_dsn(cluster.dsn, application_name=label)
     with repo.staging() as staging:
         out = staging / "backup"
         args = [
@@ -92,7 +102,7 @@ def take_base_backup(
             conninfo,
         ]
         log(f"pg_basebackup of {cluster.name} ({redact_dsn(cluster.dsn)}) as {label}")
-        _run_with_progress(args, env, out, log)
+        _run_bounded(args, env, out, log, cluster.dsn, label, archive_wait_s)
         manifest = json.loads((out / "backup_manifest").read_text())
         ranges = manifest["WAL-Ranges"]
         stop = time.time()
@@ -135,17 +145,72 @@ def take_base_backup(
     return backup
 
 
-def _run_with_progress(args: list[str], env: dict[str, str], out: Path, log: Log) -> None:
-    progress = ProgressLog(log, "pg_basebackup, compressed", every_s=0)
+_WAITING_FOR_ARCHIVE = "waiting for wal archiving to finish"  # pg_stat_progress_basebackup
+
+
+def _run_bounded(
+    args: list[str],
+    env: dict[str, str],
+    out: Path,
+    log: Log,
+    dsn: str,
+    label: str,
+    archive_wait_s: float,
+) -> None:
+    """Run pg_basebackup with progress lines; stop it if the server's archiving keeps it
+    waiting longer than ``archive_wait_s``, and say what pg_stat_archiver knows."""
+    progress = ProgressLog(log, "pg_basebackup, compressed")
+    waiting_since: float | None = None
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stderr=err, env={**os.environ, **env})
         while True:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=2)
                 break
             except subprocess.TimeoutExpired:
                 progress(sum(p.stat().st_size for p in out.glob("*")) if out.exists() else 0)
+            if _phase(dsn, label) != _WAITING_FOR_ARCHIVE:
+                waiting_since = None
+                continue
+            waiting_since = waiting_since or time.monotonic()
+            if time.monotonic() - waiting_since > archive_wait_s:
+                proc.terminate()
+                proc.wait()
+                raise CommandError(
+                    f"pg_basebackup waited {archive_wait_s:.0f}s (timeouts.archive_wait_seconds) "
+                    f"for the server to archive its last WAL segment and was stopped: "
+                    f"{_archiver_state(dsn)}. Fix archive_command (the server log says why "
+                    "it fails), then back up again"
+                )
         if proc.returncode != 0:
             err.seek(0)
             msg = err.read().decode(errors="replace").strip()
             raise CommandError(f"pg_basebackup failed (exit {proc.returncode}): {msg[-2000:]}")
+
+
+def _phase(dsn: str, label: str) -> str | None:
+    """The phase of this backup in pg_stat_progress_basebackup, if it is running."""
+    try:
+        with connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT p.phase FROM pg_stat_progress_basebackup p "
+                "JOIN pg_stat_activity a USING (pid) WHERE a.application_name = %s",
+                (label,),
+            ).fetchone()
+    except PgBackupError:
+        return None  # the server is busy or briefly unreachable: judge at the next poll
+    return row[0] if row else None
+
+
+def _archiver_state(dsn: str) -> str:
+    with connect(dsn, autocommit=True) as conn:
+        failed, wal, at, archived = conn.execute(
+            "SELECT failed_count, last_failed_wal, last_failed_time, last_archived_wal "
+            "FROM pg_stat_archiver"
+        ).fetchone()
+    if not failed:
+        return f"pg_stat_archiver shows no failure (last archived: {archived or 'none'})"
+    return (
+        f"pg_stat_archiver shows {failed} failures, the last for {wal} at {at:%Y-%m-%d %H:%M:%S%z} "
+        f"(last archived: {archived or 'none'})"
+    )

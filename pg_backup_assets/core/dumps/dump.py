@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -35,8 +36,19 @@ from pg_backup_assets.core.storage.codec import Discard
 from pg_backup_assets.core.storage.repository import Repository
 
 
-def take_dump_set(repo: Repository, cluster: ClusterConfig, date: str, log: Log = print) -> DumpSet:
-    """Dump every configured database (and the globals) of ``cluster`` as the set for ``date``."""
+def take_dump_set(
+    repo: Repository,
+    cluster: ClusterConfig,
+    date: str,
+    log: Log = print,
+    lock_wait_s: int = 300,
+) -> DumpSet:
+    """Dump every configured database (and the globals) of ``cluster`` as the set for ``date``.
+
+    ``lock_wait_s``: how long pg_dump may wait for a table lock (an open ALTER TABLE, say)
+    before it gives up, instead of waiting for ever.
+    """
+    lock_wait = f"--lock-wait-timeout={lock_wait_s * 1000}"  # milliseconds
     check_date(date)
     facts = server_facts(cluster.dsn)
     databases = cluster.databases or facts.databases
@@ -56,9 +68,13 @@ def take_dump_set(repo: Repository, cluster: ClusterConfig, date: str, log: Log 
             exts = extensions(db_dsn)
             conninfo, env = split_dsn(db_dsn)
             # -Z0: pg_dump's own compression off; zstd in the codec does it better.
-            args = [tool("pg_dump", facts.major), "-Fc", "-Z0", "--no-password", "-d", conninfo]
+            args = [tool("pg_dump", facts.major), "-Fc", "-Z0", lock_wait, "--no-password"]
+            args += ["-d", conninfo]
             t0 = time.monotonic()
-            record = _stream_command(writer, f"{db}.dump", args, env, f"pg_dump of {db}", log)
+            try:
+                record = _stream_command(writer, f"{db}.dump", args, env, f"pg_dump of {db}", log)
+            except CommandError as exc:
+                raise _lock_wait_error(exc, db, lock_wait_s) from None
             elapsed = time.monotonic() - t0
             log(
                 f"dumped {db}: {record.raw_bytes} bytes -> {record.stored_bytes} stored "
@@ -66,7 +82,8 @@ def take_dump_set(repo: Repository, cluster: ClusterConfig, date: str, log: Log 
             )
             objects.append(DumpObject(db, record, elapsed, exts))
         conninfo, env = split_dsn(cluster.dsn)
-        args = [tool("pg_dumpall", facts.major), "--globals-only", "--no-password", "-d", conninfo]
+        args = [tool("pg_dumpall", facts.major), "--globals-only", lock_wait, "--no-password"]
+        args += ["-d", conninfo]
         t0 = time.monotonic()
         record = _stream_command(writer, "globals.sql", args, env, "pg_dumpall --globals-only", log)
         objects.append(DumpObject(GLOBALS, record, time.monotonic() - t0))
@@ -84,6 +101,18 @@ def take_dump_set(repo: Repository, cluster: ClusterConfig, date: str, log: Log 
         )
         writer.commit(dump_set.to_dict())
     return dump_set
+
+
+def _lock_wait_error(exc: CommandError, db: str, lock_wait_s: int) -> CommandError:
+    """pg_dump reports its lock wait running out as a statement timeout on LOCK TABLE."""
+    m = re.search(r"Query was: LOCK TABLE (\S+)", str(exc))
+    if not m or "statement timeout" not in str(exc):
+        return exc
+    return CommandError(
+        f"pg_dump of {db} waited {lock_wait_s}s (timeouts.lock_wait_seconds) for a lock on "
+        f"{m.group(1)} and gave up: another session holds a conflicting lock on it (see "
+        "pg_locks); back up again when it is released"
+    )
 
 
 def _stream_command(writer, name: str, args: list[str], env: dict[str, str], what: str, log: Log):  # noqa: ANN001

@@ -15,8 +15,13 @@ from pg_backup_assets.core.storage.local import LocalStorage
 from pg_backup_assets.core.storage.repository import Repository
 
 
-def offsite_repository(config: Config, s3_client: Any = None) -> Repository:
-    """The offsite store as a Repository (same codec and identity as the local one)."""
+def offsite_repository(
+    config: Config, s3_client: Any = None, max_attempts: int | None = None
+) -> Repository:
+    """The offsite store as a Repository (same codec and identity as the local one).
+
+    ``max_attempts``: fewer S3 retries than the default, for a quick look (``info``).
+    """
     offsite = config.offsite
     if offsite is None:
         raise ConfigError("no offsite store is configured (config key 'offsite')")
@@ -28,6 +33,7 @@ def offsite_repository(config: Config, s3_client: Any = None) -> Repository:
         from pg_backup_assets.core.storage.s3 import s3_client as make_client
 
         s3 = offsite.s3
-        client = s3_client or make_client(s3.endpoint_url, s3.region)
+        attempts = {"max_attempts": max_attempts} if max_attempts else {}
+        client = s3_client or make_client(s3.endpoint_url, s3.region, **attempts)
         storage = S3Storage(client, s3.bucket, s3.prefix, s3.object_lock_days)
     return Repository(storage, local.codec, local.identity_file)

@@ -15,19 +15,24 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pg_backup_assets.core.errors import CommandError, ConfigError, PgBackupError
 
 _SECRET_KEYS = ("password", "sslpassword")
+CONNECT_TIMEOUT_S = 10
 
 
 def split_dsn(dsn: str, **override: str) -> tuple[str, dict[str, str]]:
     """(conninfo without secrets, environment carrying them) for running libpq tools.
 
-    Passwords go through PGPASSWORD so that they never appear in a process list.
+    Passwords go through PGPASSWORD so that they never appear in a process list. A server
+    that does not answer fails the tool after CONNECT_TIMEOUT_S, not after TCP's minutes.
     """
     try:
         params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid dsn {redact_dsn(dsn)!r}: {exc}") from None
+    except psycopg.ProgrammingError:
+        # libpq's message quotes the text around the fault, which may be the password.
+        raise ConfigError(
+            "invalid dsn: not a libpq connection string (key=value pairs or a postgresql:// URI)"
+        ) from None
     params.update(override)
-    env = {}
+    env = {"PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S)}
     if params.get("password"):
         env["PGPASSWORD"] = str(params["password"])
     for key in _SECRET_KEYS:
@@ -55,7 +60,7 @@ def with_dbname(dsn: str, dbname: str) -> str:
 
 def connect(dsn: str, **kwargs: object) -> psycopg.Connection:
     try:
-        return psycopg.connect(dsn, connect_timeout=10, **kwargs)
+        return psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, **kwargs)
     except psycopg.OperationalError as exc:
         raise PgBackupError(f"cannot connect to {redact_dsn(dsn)}: {_first_line(exc)}") from None
 

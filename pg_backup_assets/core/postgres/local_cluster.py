@@ -238,7 +238,12 @@ class LocalCluster:
         import psycopg
 
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            # A record first: switching a segment nothing was written to does nothing, and
+            # right after a switch the write position still names the segment before it.
+            conn.execute("SELECT pg_logical_emit_message(false, 'pgbackup', 'switch')")
+            segment = conn.execute(
+                "SELECT pg_walfile_name(pg_current_wal_insert_lsn())"
+            ).fetchone()[0]
             conn.execute("SELECT pg_switch_wal()")
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:

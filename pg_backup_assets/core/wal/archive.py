@@ -22,7 +22,7 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -184,26 +184,34 @@ def fetch(repo: Repository, cluster: str, name: str, dest: str | os.PathLike[str
     target = Path(dest)
     tmp = target.with_name(f".{target.name}.pgbackup-{os.getpid()}")
     try:
-        with repo.storage.open(obj.key) as f, open(tmp, "wb") as out:
-            decoded = decode(
-                f,
-                out,
-                name=obj.key,
-                encrypted=obj.key.endswith(".age"),
-                identities=repo.identities() if obj.key.endswith(".age") else (),
-            )
+        with open(tmp, "wb") as out:
+            size = read_checked(repo, obj, out)
             out.flush()
             os.fsync(out.fileno())
-        if decoded.raw_sha256 != obj.raw_sha256:
-            raise IntegrityError(
-                f"wal-fetch: {obj.key} is damaged: it decodes to sha256 {decoded.raw_sha256}, "
-                f"not the archived {obj.raw_sha256}"
-            )
         os.replace(tmp, target)
         fsync_dir(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+    return size
+
+
+def read_checked(repo: Repository, obj: WalObject, out: BinaryIO) -> int:
+    """Decode an archived WAL object into ``out``; IntegrityError unless what it decodes to
+    has the sha256 its name records. Returns the WAL file's size."""
+    with repo.storage.open(obj.key) as f:
+        decoded = decode(
+            f,
+            out,
+            name=obj.key,
+            encrypted=obj.key.endswith(".age"),
+            identities=repo.identities() if obj.key.endswith(".age") else (),
+        )
+    if decoded.raw_sha256 != obj.raw_sha256:
+        raise IntegrityError(
+            f"{obj.key} is damaged: it decodes to sha256 {decoded.raw_sha256}, "
+            f"not the archived {obj.raw_sha256}"
+        )
     return decoded.raw_bytes
 
 
@@ -213,6 +221,12 @@ class ArchiveListing:
     histories: dict[int, list[Switch]]  # timeline -> its ancestry, oldest switch first
     other: list[WalObject]  # .partial and .backup files
     segment_size: int | None  # as recorded by the first wal-push of a segment
+    history_files: list[WalObject] = field(default_factory=list)  # the .history objects
+
+    @property
+    def objects(self) -> list[WalObject]:
+        """Every archived WAL object: segments, .history, .partial and .backup files."""
+        return self.segments + self.history_files + self.other
 
     @property
     def newest_segment(self) -> WalObject | None:
@@ -220,11 +234,11 @@ class ArchiveListing:
 
     @property
     def total_bytes(self) -> int:
-        return sum(o.stored_bytes for o in self.segments + self.other)
+        return sum(o.stored_bytes for o in self.objects)
 
 
 def list_archive(repo: Repository, cluster: str) -> ArchiveListing:
-    segments, other = [], []
+    segments, other, history_files = [], [], []
     histories: dict[int, list[Switch]] = {}
     segment_size = None
     for info in repo.storage.list(wal_prefix(cluster)):
@@ -244,11 +258,8 @@ def list_archive(repo: Repository, cluster: str) -> ArchiveListing:
         except ValueError:
             continue
         obj = WalObject(name, kind, info.key, digest, info.size, info.mtime)
-        if kind == "segment":
-            segments.append(obj)
-        elif kind != "history":
-            other.append(obj)
-    return ArchiveListing(segments, histories, other, segment_size)
+        {"segment": segments, "history": history_files}.get(kind, other).append(obj)
+    return ArchiveListing(segments, histories, other, segment_size, history_files)
 
 
 def pgbackup_executable() -> str:

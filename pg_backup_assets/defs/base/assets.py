@@ -7,45 +7,45 @@ from pg_backup_assets.core.progress import throughput_mib_s
 from pg_backup_assets.core.wal.names import format_lsn
 from pg_backup_assets.defs.anomalies import size_anomaly_result
 from pg_backup_assets.defs.check_names import SIZE_ANOMALY
-from pg_backup_assets.defs.partitions import daily
+from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.resources import HEAVY_POOL, PgBackupResource
 
 
-def base_backup_key(cluster: str) -> dg.AssetKey:
-    return dg.AssetKey([cluster, "base_backup"])
-
-
-def build_base_backup(cluster: str) -> dg.AssetsDefinition:
-    key = base_backup_key(cluster)
+def build_base_backup(c: ClusterContext) -> dg.AssetsDefinition:
+    key = c.key("base_backup")
 
     @dg.asset(
         key=key,
-        group_name=cluster,
-        partitions_def=daily,
+        group_name=c.group,
+        partitions_def=c.daily,
         pool=HEAVY_POOL,
         kinds={"postgres"},
+        freshness_policy=c.daily_freshness,
         check_specs=[dg.AssetCheckSpec(SIZE_ANOMALY, asset=key)],
     )
     def base_backup(
         context: dg.AssetExecutionContext, pgbackup: PgBackupResource
     ) -> dg.MaterializeResult:
         """pg_basebackup (tar, fast checkpoint, server-side zstd) + backup_manifest, catalogued."""
-        repo = pgbackup.repository()
+        config, repo = pgbackup.config(), pgbackup.repository()
         history = daily_history(
-            [(b.date, b.size_bytes) for b in list_base_backups(repo, cluster)],
+            [(b.date, b.size_bytes) for b in list_base_backups(repo, c.name)],
             before=context.partition_key,
         )
         backup = take_base_backup(
-            repo, pgbackup.config().cluster(cluster), context.partition_key, log=context.log.info
+            repo,
+            config.cluster(c.name),
+            context.partition_key,
+            log=context.log.info,
+            archive_wait_s=config.timeouts.archive_wait_seconds,
         )
-        raw = backup.objects["base.tar"].raw_bytes
         return dg.MaterializeResult(
             metadata={
                 "size_bytes": backup.size_bytes,
                 "duration_s": round(backup.duration_s, 3),
                 "raw_bytes": backup.raw_bytes,
                 "throughput_mib_s": throughput_mib_s(backup.raw_bytes, backup.duration_s),
-                "compressed_tar_bytes": raw,
+                "compressed_tar_bytes": backup.objects["base.tar"].raw_bytes,
                 "label": backup.label,
                 "start_lsn": format_lsn(backup.start_lsn),
                 "stop_lsn": format_lsn(backup.stop_lsn),

@@ -6,19 +6,20 @@ from pg_backup_assets.core.dumps.dump import take_dump_set
 from pg_backup_assets.core.progress import throughput_mib_s
 from pg_backup_assets.defs.anomalies import size_anomaly_result
 from pg_backup_assets.defs.check_names import SIZE_ANOMALY
-from pg_backup_assets.defs.partitions import daily
+from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.resources import HEAVY_POOL, PgBackupResource
 
 
-def build_logical_dump(cluster: str) -> dg.AssetsDefinition:
-    key = dg.AssetKey([cluster, "logical_dump"])
+def build_logical_dump(c: ClusterContext) -> dg.AssetsDefinition:
+    key = c.key("logical_dump")
 
     @dg.asset(
         key=key,
-        group_name=cluster,
-        partitions_def=daily,
+        group_name=c.group,
+        partitions_def=c.daily,
         pool=HEAVY_POOL,
         kinds={"postgres"},
+        freshness_policy=c.daily_freshness,
         check_specs=[dg.AssetCheckSpec(SIZE_ANOMALY, asset=key)],
     )
     def logical_dump(
@@ -28,11 +29,15 @@ def build_logical_dump(cluster: str) -> dg.AssetsDefinition:
         config = pgbackup.config()
         repo = pgbackup.repository()
         history = daily_history(
-            [(s.date, s.size_bytes) for s in list_dump_sets(repo, cluster)],
+            [(s.date, s.size_bytes) for s in list_dump_sets(repo, c.name)],
             before=context.partition_key,
         )
         dump_set = take_dump_set(
-            repo, config.cluster(cluster), context.partition_key, log=context.log.info
+            repo,
+            config.cluster(c.name),
+            context.partition_key,
+            log=context.log.info,
+            lock_wait_s=config.timeouts.lock_wait_seconds,
         )
         metadata: dict[str, object] = {
             "size_bytes": dump_set.size_bytes,

@@ -3,26 +3,18 @@ import dagster as dg
 from pg_backup_assets.core.catalog import find_dump_set
 from pg_backup_assets.core.dumps.dump import check_restorable
 from pg_backup_assets.defs.check_names import DUMP_RESTORABLE
+from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.partitions import daily_check
 from pg_backup_assets.defs.resources import PgBackupResource
 
 
-def build_dump_restorable(cluster: str) -> dg.AssetChecksDefinition:
-    return daily_check(
-        dump_restorable_fn(cluster),
-        asset=dg.AssetKey([cluster, "logical_dump"]),
-        name=DUMP_RESTORABLE,
-        blocking=True,
-    )
-
-
-def dump_restorable_fn(cluster: str):  # noqa: ANN201
+def build_dump_restorable(c: ClusterContext) -> dg.AssetChecksDefinition:
     def dump_restorable(
         context: dg.AssetCheckExecutionContext, pgbackup: PgBackupResource
     ) -> dg.AssetCheckResult:
         """Each archive of the day matches its sha256, decodes, and pg_restore --list reads it."""
         repo = pgbackup.repository()
-        dump_set = find_dump_set(repo, cluster, context.partition_key)
+        dump_set = find_dump_set(repo, c.name, context.partition_key)
         verdicts = check_restorable(repo, dump_set)
         failed = [v for v in verdicts if not v.ok]
         return dg.AssetCheckResult(
@@ -36,4 +28,6 @@ def dump_restorable_fn(cluster: str):  # noqa: ANN201
             },
         )
 
-    return dump_restorable
+    return daily_check(
+        dump_restorable, c.daily, asset=c.key("logical_dump"), name=DUMP_RESTORABLE, blocking=True
+    )

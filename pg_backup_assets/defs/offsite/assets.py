@@ -5,15 +5,9 @@ from pg_backup_assets.core.catalog import find_base_backup, find_dump_set
 from pg_backup_assets.core.offsite.copy import CopyReport, copy_set, ship_wal
 from pg_backup_assets.core.progress import throughput_mib_s
 from pg_backup_assets.core.wal.status import offsite_wal_freshness
-from pg_backup_assets.defs.base.assets import base_backup_key
 from pg_backup_assets.defs.check_names import OFFSITE_WAL_FRESH
-from pg_backup_assets.defs.partitions import daily
+from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.resources import PgBackupResource
-from pg_backup_assets.defs.wal.assets import wal_archive_key
-
-
-def offsite_key(cluster: str, what: str) -> dg.AssetKey:
-    return dg.AssetKey([cluster, f"offsite_{what}"])
 
 
 def _copy_metadata(report: CopyReport, store: str) -> dict[str, object]:
@@ -34,20 +28,21 @@ def _copy_failed(report: CopyReport) -> None:
         )
 
 
-def build_offsite_dump(cluster: str) -> dg.AssetsDefinition:
+def build_offsite_dump(c: ClusterContext) -> dg.AssetsDefinition:
     @dg.asset(
-        key=offsite_key(cluster, "dump"),
-        deps=[dg.AssetKey([cluster, "logical_dump"])],
-        group_name=cluster,
-        partitions_def=daily,
+        key=c.key("offsite_dump"),
+        deps=[c.key("logical_dump")],
+        group_name=c.group,
+        partitions_def=c.daily,
         kinds={"s3"},
+        freshness_policy=c.daily_freshness,
     )
     def offsite_dump(
         context: dg.AssetExecutionContext, pgbackup: PgBackupResource, s3: S3Resource
     ) -> dg.MaterializeResult:
         """The day's logical dumps copied to the offsite store and re-read there."""
         repo, target = pgbackup.repository(), pgbackup.offsite(s3)
-        dump_set = find_dump_set(repo, cluster, context.partition_key)
+        dump_set = find_dump_set(repo, c.name, context.partition_key)
         records = [o.record for o in dump_set.objects]
         report = copy_set(repo, target, records, dump_set.catalog_key, dump_set.raw_bytes)
         _copy_failed(report)
@@ -56,20 +51,21 @@ def build_offsite_dump(cluster: str) -> dg.AssetsDefinition:
     return offsite_dump
 
 
-def build_offsite_base_backup(cluster: str) -> dg.AssetsDefinition:
+def build_offsite_base_backup(c: ClusterContext) -> dg.AssetsDefinition:
     @dg.asset(
-        key=offsite_key(cluster, "base_backup"),
-        deps=[base_backup_key(cluster)],
-        group_name=cluster,
-        partitions_def=daily,
+        key=c.key("offsite_base_backup"),
+        deps=[c.key("base_backup")],
+        group_name=c.group,
+        partitions_def=c.daily,
         kinds={"s3"},
+        freshness_policy=c.daily_freshness,
     )
     def offsite_base_backup(
         context: dg.AssetExecutionContext, pgbackup: PgBackupResource, s3: S3Resource
     ) -> dg.MaterializeResult:
         """The day's base backup copied to the offsite store and re-read there."""
         repo, target = pgbackup.repository(), pgbackup.offsite(s3)
-        backup = find_base_backup(repo, cluster, context.partition_key)
+        backup = find_base_backup(repo, c.name, context.partition_key)
         records = backup.objects.values()
         report = copy_set(repo, target, records, backup.catalog_key, backup.raw_bytes)
         _copy_failed(report)
@@ -78,13 +74,15 @@ def build_offsite_base_backup(cluster: str) -> dg.AssetsDefinition:
     return offsite_base_backup
 
 
-def build_offsite_wal(cluster: str) -> dg.AssetsDefinition:
-    key = offsite_key(cluster, "wal")
+def build_offsite_wal(c: ClusterContext) -> dg.AssetsDefinition:
+    key = c.key("offsite_wal")
 
+    # No freshness policy: a quiet server archives no WAL, so there is nothing to ship;
+    # offsite_wal_fresh judges what does wait.
     @dg.asset(
         key=key,
-        deps=[wal_archive_key(cluster)],
-        group_name=cluster,
+        deps=[c.key("wal_archive")],
+        group_name=c.group,
         kinds={"s3"},
         check_specs=[dg.AssetCheckSpec(OFFSITE_WAL_FRESH, asset=key)],
     )
@@ -92,9 +90,9 @@ def build_offsite_wal(cluster: str) -> dg.AssetsDefinition:
         """Newly archived WAL shipped offsite in a batch, each object re-read and compared."""
         config = pgbackup.config()
         repo, target = pgbackup.repository(), pgbackup.offsite(s3)
-        report = ship_wal(repo, target, cluster)
+        report = ship_wal(repo, target, c.name)
         _copy_failed(report)
-        rpo = config.cluster(cluster).rpo_seconds
+        rpo = config.cluster(c.name).rpo_seconds
         fresh = offsite_wal_freshness(report.objects, report.pending, report.lag_s, rpo)
         return dg.MaterializeResult(
             metadata={

@@ -4,15 +4,15 @@ from dagster_aws.s3 import S3Resource
 from pg_backup_assets.core.offsite.copy import day_set, verify_copies
 from pg_backup_assets.core.offsite.three_two_one import three_two_one as rule_of_three
 from pg_backup_assets.defs.check_names import OFFSITE_COPY_MATCHES, THREE_TWO_ONE
-from pg_backup_assets.defs.offsite.assets import offsite_key
+from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.partitions import daily_check
 from pg_backup_assets.defs.resources import PgBackupResource
 
 
-def build_offsite_checks(cluster: str, what: str) -> list[dg.AssetChecksDefinition]:
+def build_offsite_checks(c: ClusterContext, what: str) -> list[dg.AssetChecksDefinition]:
     """``offsite_copy_matches`` and ``three_two_one`` for the offsite copy of ``what``
     ("dump" or "base_backup")."""
-    key = offsite_key(cluster, what)
+    key, cluster = c.key(f"offsite_{what}"), c.name
 
     def offsite_copy_matches(
         context: dg.AssetCheckExecutionContext, pgbackup: PgBackupResource, s3: S3Resource
@@ -40,6 +40,8 @@ def build_offsite_checks(cluster: str, what: str) -> list[dg.AssetChecksDefiniti
         )
 
     return [
-        daily_check(offsite_copy_matches, asset=key, name=OFFSITE_COPY_MATCHES, blocking=True),
-        daily_check(three_two_one, asset=key, name=THREE_TWO_ONE),
+        daily_check(
+            offsite_copy_matches, c.daily, asset=key, name=OFFSITE_COPY_MATCHES, blocking=True
+        ),
+        daily_check(three_two_one, c.daily, asset=key, name=THREE_TWO_ONE),
     ]

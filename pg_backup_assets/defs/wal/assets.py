@@ -2,16 +2,13 @@ import dagster as dg
 
 from pg_backup_assets.core.wal.status import ArchiveStatus
 from pg_backup_assets.defs.check_names import WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH
+from pg_backup_assets.defs.context import ClusterContext
 
 
-def wal_archive_key(cluster: str) -> dg.AssetKey:
-    return dg.AssetKey([cluster, "wal_archive"])
-
-
-def build_wal_archive(cluster: str) -> dg.AssetSpec:
+def build_wal_archive(c: ClusterContext) -> dg.AssetSpec:
     return dg.AssetSpec(
-        key=wal_archive_key(cluster),
-        group_name=cluster,
+        key=c.key("wal_archive"),
+        group_name=c.group,
         description="WAL pushed by PostgreSQL's archive_command (pgbackup wal-push %p); "
         "observed by the WAL archive sensor.",
         kinds={"postgres"},
@@ -19,30 +16,40 @@ def build_wal_archive(cluster: str) -> dg.AssetSpec:
 
 
 def observation_metadata(status: ArchiveStatus) -> dict[str, object]:
-    """Numeric where possible, so the UI plots the archive's history."""
+    """Numeric where possible, so the UI plots the archive's history; what is not known
+    (the server is down, nothing archived yet) is left out rather than faked."""
     gaps, server, newest = status.gaps, status.server, status.listing.newest_segment
     md: dict[str, object] = {
         "segments": len(status.listing.segments),
         "stored_bytes": status.listing.total_bytes,
-        "first_segment": gaps.first if gaps and gaps.first else "",
-        "last_segment": newest.name if newest else "",
-        "timeline": gaps.timeline if gaps else 0,
         "missing_segments": gaps.missing_count if gaps else 0,
-        "archive_lag_s": round(status.newest_age_s, 1) if status.newest_age_s is not None else -1,
-        "pending_segments": status.pending_segments if status.pending_segments is not None else -1,
     }
+    if gaps and gaps.first:
+        md.update(first_segment=gaps.first, timeline=gaps.timeline)
+    if newest:
+        md["last_segment"] = newest.name
+    md.update(_lag_metadata(status))
     if server:
         md.update(
-            {
-                "segment_size": server.segment_size,
-                "server_current_wal": server.current_wal or "",
-                "archiver_failed_count": server.failed_count,
-                "archiver_last_failed_wal": server.last_failed_wal or "",
-                "archiver_archived_count": server.archived_count,
-            }
+            segment_size=server.segment_size,
+            archiver_failed_count=server.failed_count,
+            archiver_archived_count=server.archived_count,
         )
+        if server.current_wal:
+            md["server_current_wal"] = server.current_wal
+        if server.last_failed_wal:
+            md["archiver_last_failed_wal"] = server.last_failed_wal
     else:
-        md["server_error"] = status.server_error or ""
+        md["server_error"] = status.server_error or "unknown"
+    return md
+
+
+def _lag_metadata(status: ArchiveStatus) -> dict[str, object]:
+    md: dict[str, object] = {}
+    if status.newest_age_s is not None:
+        md["archive_lag_s"] = round(status.newest_age_s, 1)
+    if status.pending_segments is not None:
+        md["pending_segments"] = status.pending_segments
     return md
 
 
@@ -60,17 +67,5 @@ def check_verdicts(status: ArchiveStatus) -> list[tuple[str, bool, str, dict[str
                 "missing_ranges": dg.MetadataValue.json(missing[:100]),
             },
         ),
-        (
-            WAL_ARCHIVE_FRESH,
-            status.fresh.passed,
-            status.fresh.message,
-            {
-                "archive_lag_s": round(status.newest_age_s, 1)
-                if status.newest_age_s is not None
-                else -1,
-                "pending_segments": status.pending_segments
-                if status.pending_segments is not None
-                else -1,
-            },
-        ),
+        (WAL_ARCHIVE_FRESH, status.fresh.passed, status.fresh.message, _lag_metadata(status)),
     ]

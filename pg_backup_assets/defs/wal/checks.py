@@ -4,15 +4,16 @@ import dagster as dg
 
 from pg_backup_assets.core.wal.status import inspect_archive
 from pg_backup_assets.defs.check_names import WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH
+from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.resources import PgBackupResource
-from pg_backup_assets.defs.wal.assets import check_verdicts, wal_archive_key
+from pg_backup_assets.defs.wal.assets import check_verdicts
 
 
-def build_wal_archive_checks(cluster: str) -> dg.AssetChecksDefinition:
-    key = wal_archive_key(cluster)
+def build_wal_archive_checks(c: ClusterContext) -> dg.AssetChecksDefinition:
+    key = c.key("wal_archive")
 
     @dg.multi_asset_check(
-        name=f"{cluster}_wal_archive_checks",
+        name=f"{c.group}_wal_archive_checks",
         specs=[
             dg.AssetCheckSpec(WAL_ARCHIVE_CONTIGUOUS, asset=key),
             dg.AssetCheckSpec(WAL_ARCHIVE_FRESH, asset=key),
@@ -20,7 +21,7 @@ def build_wal_archive_checks(cluster: str) -> dg.AssetChecksDefinition:
     )
     def wal_archive_checks(pgbackup: PgBackupResource) -> Iterator[dg.AssetCheckResult]:
         """No segment missing since the oldest backup's start; newest WAL younger than the RPO."""
-        status = inspect_archive(pgbackup.repository(), pgbackup.config().cluster(cluster))
+        status = inspect_archive(pgbackup.repository(), pgbackup.config().cluster(c.name))
         for name, passed, description, metadata in check_verdicts(status):
             yield dg.AssetCheckResult(
                 asset_key=key,

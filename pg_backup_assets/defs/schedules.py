@@ -1,0 +1,81 @@
+"""What runs when: per cluster, the jobs the schedules and sensors launch."""
+
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from pg_backup_assets.core.config import Schedules
+from pg_backup_assets.defs.context import ClusterContext
+from pg_backup_assets.defs.jobs import AssetJob
+
+# A failed backup run is retried once, from the step that failed (a dropped connection
+# should not cost a night's backup); the alert sensor reports each failed run.
+_RETRY = {"dagster/max_retries": "1", "dagster/retry_strategy": "FROM_FAILURE"}
+
+
+@dataclass(frozen=True)
+class ClusterJobs:
+    daily_backup: AssetJob  # dumps + base backup + offsite copies
+    base_backup: AssetJob  # base backup + its offsite copy
+    offsite_wal: AssetJob | None
+
+    def all(self) -> list[AssetJob]:
+        return [j for j in (self.daily_backup, self.base_backup, self.offsite_wal) if j]
+
+
+def build_jobs(c: ClusterContext) -> ClusterJobs:
+    def job(name: str, assets: list[str], description: str, partitioned: bool = True):  # noqa: ANN202
+        return dg.define_asset_job(
+            name=f"{c.group}_{name}",
+            # An asset selection brings the assets' checks along; the partitions are theirs.
+            selection=dg.AssetSelection.assets(*(c.key(a) for a in assets)),
+            tags={**c.run_tags, **(_RETRY if partitioned else {})},
+            description=description,
+        )
+
+    offsite = ["offsite_dump", "offsite_base_backup"] if c.offsite else []
+    return ClusterJobs(
+        daily_backup=job(
+            "daily_backup",
+            ["logical_dump", "base_backup", *offsite],
+            f"The nightly backups of {c.name}: logical dumps and a base backup, verified, "
+            "then copied offsite and checked there.",
+        ),
+        base_backup=job(
+            "base_backup",
+            ["base_backup", *offsite[1:]],
+            f"A base backup of {c.name} and its offsite copy (also after a WAL gap).",
+        ),
+        offsite_wal=job(
+            "offsite_wal", ["offsite_wal"], f"Ship {c.name}'s new WAL offsite.", partitioned=False
+        )
+        if c.offsite
+        else None,
+    )
+
+
+def build_daily_schedule(
+    c: ClusterContext, job: AssetJob, schedules: Schedules
+) -> dg.ScheduleDefinition:
+    tz = ZoneInfo(schedules.timezone)
+    first_day = c.daily.start.date().isoformat()
+
+    @dg.schedule(
+        name=f"{c.group}_daily_backup_schedule",
+        cron_schedule=schedules.daily,
+        execution_timezone=schedules.timezone,
+        job=job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Takes {c.name}'s daily backups into the partition of the day they run.",
+    )
+    def daily_backup_schedule(
+        context: dg.ScheduleEvaluationContext,
+    ) -> dg.RunRequest | dg.SkipReason:
+        day = context.scheduled_execution_time.astimezone(tz).date().isoformat()
+        if day < first_day:
+            return dg.SkipReason(f"{day} is before schedules.start_date ({first_day})")
+        # Keyed on the day: one daily backup run per day, however often the cron fires.
+        return dg.RunRequest(run_key=day, partition_key=day)
+
+    return daily_backup_schedule

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
@@ -273,6 +276,32 @@ def tick(defs, sensor_name: str, instance, cursor: str | None = None):  # noqa: 
     for event in data.asset_events:
         instance.report_runless_asset_event(event)
     return data
+
+
+class Webhook:
+    """An alert webhook on loopback: answers ``status``, records every JSON body posted."""
+
+    def __init__(self, status: int = 204):
+        self.status, self.bodies = status, []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers["Content-Length"])
+                hook.bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(hook.status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/T0/s3cr3t"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def make_bucket(endpoint: str, object_lock: bool = False) -> str:

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -29,37 +26,11 @@ from pg_backup_assets.core.offsite.store import offsite_repository
 from pg_backup_assets.core.postgres.local_cluster import LocalCluster
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.wal.archive import find
-from tests.conftest import REPO_ROOT, archiving_settings, make_bucket, write_config
+from tests.conftest import REPO_ROOT, Webhook, archiving_settings, make_bucket, write_config
 
 BIN = Path(sys.executable).parent
 TICK_S = 5  # every sensor's interval in this test
 WAL_CONTIGUOUS = dg.AssetCheckKey(dg.AssetKey(["main", "wal_archive"]), "wal_archive_contiguous")
-
-
-class Webhook:
-    """A loopback HTTP server that records every JSON body posted to it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                length = int(self.headers.get("Content-Length", 0))
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @contextlib.contextmanager
@@ -214,6 +185,8 @@ alerts: {{webhook_url: '{hook.url}', ui_url: 'http://dagster.example:3000'}}
             # 6. The daemon stops cleanly.
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+            # The webhook's URL is a secret (its path is the token): never in the log.
+            assert "s3cr3t" not in log.read_text()
     finally:
         cluster.stop()
         hook.close()

@@ -18,9 +18,8 @@ from pg_backup_assets.core.wal.archive import find
 from pg_backup_assets.definitions import build_defs
 from pg_backup_assets.defs.alerts.sensors import ALERT_SENSOR
 from pg_backup_assets.defs.wal.sensors import WAL_ARCHIVE_SENSOR
-from tests.conftest import tick, write_config
+from tests.conftest import Webhook, tick, write_config
 from tests.integration.test_cli import pgbackup
-from tests.unit.test_alerts import Hook
 
 
 def test_jobs_schedules_and_sensors_run_without_anyone_starting_them(workdir):
@@ -76,7 +75,7 @@ def test_a_cluster_name_with_a_hyphen_is_backed_up(pg, database, workdir):
 class Alerts:
     """The alert sensor ticking on one instance, its cursor carried from tick to tick."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, hook: Hook):
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, hook: Webhook):
         self.defs, self.instance, self.hook = defs, instance, hook
         self.cursor: str | None = None
 
@@ -108,7 +107,7 @@ def failed_run(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.Execute
 
 def test_alerts_reach_the_webhook_once_per_change(archiving, workdir):
     cluster, config = archiving
-    hook = Hook()
+    hook = Webhook()
     try:
         cfg_text = config.read_text() + (
             f"alerts: {{webhook_url: '{hook.url}', ui_url: 'http://dagster:3000'}}\n"
@@ -195,7 +194,7 @@ def test_alerts_reach_the_webhook_once_per_change(archiving, workdir):
 @pytest.mark.parametrize("fmt", ["slack"])
 def test_slack_format_and_mute(archiving, fmt):
     cluster, config = archiving
-    hook = Hook()
+    hook = Webhook()
     try:
         config.write_text(
             config.read_text()

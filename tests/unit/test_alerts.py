@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from pg_backup_assets.core.alerts import Alert, deliver, muted
+from tests.conftest import Webhook
 
 GAP = Alert.new(
     "check_failed",
@@ -22,34 +19,9 @@ GAP = Alert.new(
 )
 
 
-class Hook:
-    """A webhook that answers ``status`` and records what it was sent."""
-
-    def __init__(self, status: int = 204):
-        self.status, self.bodies = status, []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                hook.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(hook.status)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/T0/s3cr3t"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def hook():
-    h = Hook()
+    h = Webhook()
     yield h
     h.close()
 

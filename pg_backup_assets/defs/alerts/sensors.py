@@ -11,8 +11,6 @@ from urllib.parse import quote
 
 import dagster as dg
 from dagster._core.definitions.freshness import FreshnessState
-from dagster._core.event_api import RunStatusChangeRecordsFilter
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from pg_backup_assets.core.alerts import Alert, deliver, muted
 from pg_backup_assets.core.config import Alerts
@@ -124,11 +122,11 @@ def _check_alerts(
         seen = state.check_ids.get(name, 0)
         records = _newer_executions(storage, key, seen)
         for record in records:
-            if record.status == AssetCheckExecutionRecordStatus.PLANNED or record.event is None:
-                continue
+            if record.status.value not in ("SUCCEEDED", "FAILED") or record.event is None:
+                continue  # planned, not evaluated yet
             evaluation = record.event.get_dagster_event().event_specific_data
             which = f"{name}|{record.partition or ''}"
-            failed = record.status == AssetCheckExecutionRecordStatus.FAILED
+            failed = record.status.value == "FAILED"
             if failed == (which in state.failing):
                 continue  # still red (already told), or still green
             if failed:
@@ -171,7 +169,7 @@ def _run_alerts(instance: dg.DagsterInstance, state: _State, cfg: Alerts) -> Ite
         return
     while True:
         page = instance.fetch_run_status_changes(
-            RunStatusChangeRecordsFilter(failure, after_storage_id=state.run_failure_id),
+            dg.RunStatusChangeRecordsFilter(failure, after_storage_id=state.run_failure_id),
             limit=_PAGE,
             ascending=True,
         ).records

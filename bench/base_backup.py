@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import json
 import os
 import pwd
@@ -49,7 +50,6 @@ from typing import Any, BinaryIO
 
 from common import (
     OUT,
-    ROOT,
     STANZA,
     BenchError,
     as_postgres,
@@ -485,13 +485,25 @@ def references(archive: Path, scratch: Path, n: int = 3) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in out.items()} | {"bytes": archive.stat().st_size}
 
 
-ENGINE_FILES = ("basebackup.py", "restore.py", "repository.py", "storage.py", "codec.py")
+ENGINE_MODULES = (
+    "pg_backup_assets.core.base.backup",
+    "pg_backup_assets.core.base.restore",
+    "pg_backup_assets.core.catalog",
+    "pg_backup_assets.core.storage.repository",
+    "pg_backup_assets.core.storage.local",
+    "pg_backup_assets.core.storage.codec",
+)
 
 
 def engine_fingerprint() -> dict[str, str]:
-    """Short sha256 of the engine modules this benchmark exercises (they change often)."""
-    core = ROOT / "pg_backup_assets" / "core"
-    return {name: sha256_file(core / name)[:12] for name in ENGINE_FILES}
+    """Short sha256 of the engine modules this benchmark exercises (they change often),
+    found through the modules themselves so that a move cannot leave a stale path here."""
+    return {
+        name.removeprefix("pg_backup_assets.core."): sha256_file(
+            Path(importlib.import_module(name).__file__)
+        )[:12]
+        for name in ENGINE_MODULES
+    }
 
 
 def rotated(items: Sequence[str], rnd: int) -> list[str]:

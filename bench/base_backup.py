@@ -22,17 +22,18 @@ can run as ``postgres``)::
 
     .venv/bin/python bench/base_backup.py [--reps 5] [--scale 50]
 
-Results go to stdout, to ``BENCHMARKS.md`` (section ``## Base backup and restore vs
-pg_basebackup and pgBackRest``, replaced on each run; other sections stay) and, raw, to
-``bench/out/base_backup-last.json``. There are no timing assertions: this measures, it
-does not judge.
+The raw results go to ``bench/out/base_backup-last.json``; the section ``## Base backup
+and restore vs pg_basebackup and pgBackRest`` of ``BENCHMARKS.md`` is rendered from that
+file alone (tables; how to read them: ``bench/README.md``), printed, and replaces the
+old one. ``--render-only`` renders it again without measuring. There are no timing
+assertions: this measures, it does not judge.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
+import importlib
 import os
 import pwd
 import re
@@ -48,28 +49,32 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from common import (
-    OUT,
-    ROOT,
     STANZA,
     BenchError,
     as_postgres,
+    as_ratio,
     files_under,
+    finish,
     foreign_cpu,
     load_now,
     log,
     machine,
+    measured,
+    mib,
     ours_conf,
     owned_dir,
     pgbackrest_cmd,
     pgbackrest_conf,
     pgbench,
     postmaster_pid,
-    publish,
+    report_options,
+    rerender,
     run,
     run_with_pgbackrest,
     sha256_file,
     sql,
     switch_and_wait,
+    table,
     tree_bytes,
     wait_idle,
 )
@@ -88,7 +93,9 @@ from pg_backup_assets.core.storage.codec import generate_identity
 from pg_backup_assets.core.storage.repository import ObjectRecord, Repository
 from pg_backup_assets.core.wal.archive import archive_command, quote_setting
 
+NAME = "base_backup"
 HEADING = "## Base backup and restore vs pg_basebackup and pgBackRest"
+WHY = "a restore did not recover to the source's rows"
 GIB = 1 << 30
 MIB = 1 << 20
 RANDOM_BATCH_MIB = 32
@@ -485,13 +492,25 @@ def references(archive: Path, scratch: Path, n: int = 3) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in out.items()} | {"bytes": archive.stat().st_size}
 
 
-ENGINE_FILES = ("basebackup.py", "restore.py", "repository.py", "storage.py", "codec.py")
+ENGINE_MODULES = (
+    "pg_backup_assets.core.base.backup",
+    "pg_backup_assets.core.base.restore",
+    "pg_backup_assets.core.catalog",
+    "pg_backup_assets.core.storage.repository",
+    "pg_backup_assets.core.storage.local",
+    "pg_backup_assets.core.storage.codec",
+)
 
 
 def engine_fingerprint() -> dict[str, str]:
-    """Short sha256 of the engine modules this benchmark exercises (they change often)."""
-    core = ROOT / "pg_backup_assets" / "core"
-    return {name: sha256_file(core / name)[:12] for name in ENGINE_FILES}
+    """Short sha256 of the engine modules this benchmark exercises (they change often),
+    found through the modules themselves so that a move cannot leave a stale path here."""
+    return {
+        name.removeprefix("pg_backup_assets.core."): sha256_file(
+            Path(importlib.import_module(name).__file__)
+        )[:12]
+        for name in ENGINE_MODULES
+    }
 
 
 def rotated(items: Sequence[str], rnd: int) -> list[str]:
@@ -686,14 +705,28 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
         "age_yaml": s.age_conf.read_text().replace(str(work), "WORK").replace(recipient, "age1…"),
         "pgbackrest_conf": s.pgbr_conf.read_text().replace(str(work), "WORK"),
         "archive_command": both.replace(str(work), "WORK"),
+        "problems": [f"{k}: {v}" for k, v in verified.items() if v != "identical rows"],
     }
-    (OUT / "base_backup-last.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    problems = [f"{k}: {v}" for k, v in verified.items() if v != "identical rows"]
-    why = "a restore did not recover to the source's rows"
-    return publish(HEADING, render(report), problems, why, args.no_report)
+    return finish(NAME, HEADING, render, report, WHY, args.no_report)
 
 
 # -- the report --------------------------------------------------------------------------------
+PHASES = {  # rows of "where ours goes": what, and its phase (None: the whole run)
+    "backup": (
+        ("`pg_basebackup` into the staging folder", "pg_basebackup_s"),
+        ("storing archive and manifest", "store_s"),
+        ("the rest (catalog, staging folder removed)", "rest_s"),
+        ("whole run", None),
+    ),
+    "restore": (
+        ("a separate sha256 pass (`verify`)", "verify_s"),
+        ("extraction and the manifest", "extract_s"),
+        ("the rest (WAL check, `chown`, settings)", "rest_s"),
+        ("whole run", None),
+    ),
+}
+
+
 def stats(ops: list[dict], label: str) -> dict[str, Any]:
     mine = [o for o in ops if o["label"] == label and o["round"] >= 0 and not o["discarded"]]
     secs = [o["seconds"] for o in mine]
@@ -717,246 +750,87 @@ def stats(ops: list[dict], label: str) -> dict[str, Any]:
     }
 
 
-def _mib(n: float) -> str:
-    return f"{n / MIB:,.1f} MiB"
-
-
 def render(r: dict) -> str:
+    """The report, from the raw results alone (what the columns mean: bench/README.md)."""
     m, db, ops = r["machine"], r["database"], r["ops"]
     st = {label: stats(ops, label) for label in (*BACKUPS, *RESTORES)}
-    b_ours, b_pgbb, b_pgbr = st[B_OURS], st[B_PGBB], st[B_PGBR]
-    r_ours, r_pgbr, r_tar = st[R_OURS], st[R_PGBR], st[R_TAR]
+    b_ours, b_age, b_pgbb, b_pgbr = (st[x] for x in BACKUPS)
+    r_ours, r_age, r_pgbr, r_tar = (st[x] for x in RESTORES)
+
+    def row(kind: str, label: str, peers: tuple[dict, dict | None]) -> tuple:
+        x, bold = st[label], label in (B_OURS, R_OURS)
+        vs = [as_ratio(x["median"] / p["median"], bold) if p else "" for p in peers]
+        spread = f"{x['min']:.2f}–{x['max']:.2f}"
+        return (kind, label, x["n"], f"{x['median']:.2f}", spread, f"{x['durable']:.2f}", *vs) + (
+            f"{mib(x['bytes'])}, {x['files']:,} files",
+        )
+
+    def cells(v: float | None, of: dict) -> tuple[str, str]:
+        return ("", "") if v is None else (f"{v:.2f}", f"{v / of['median']:.0%}")
+
+    refs = {
+        "backup": [
+            ("bare `pg_basebackup`, same options", b_pgbb["median"]),
+            (f"one read of our {mib(r['references']['bytes'])} archive", r["references"]["read_s"]),
+            ("one sha256 pass over it", r["references"]["sha256_s"]),
+            ("copying it to a new file, fsynced", r["references"]["copy_fsync_s"]),
+        ],
+        "restore": [("bare `tar --zstd -x` of it", r_tar["median"]), (R_PGBR, r_pgbr["median"])],
+    }
+    parts = []
+    for kind, plain, age in (("backup", b_ours, b_age), ("restore", r_ours, r_age)):
+        for what, key in PHASES[kind]:
+            v = [x["median"] if key is None else x["phases"].get(key, 0.0) for x in (plain, age)]
+            if key != "verify_s" or max(v) > 0.005:  # restore verifies while extracting
+                parts.append((f"{kind}: {what}", *cells(v[0], plain), *cells(v[1], age)))
+        parts += [(f"reference: {what}", *cells(v, plain), "", "") for what, v in refs[kind]]
     rel = db["relations"]
     pgbench_bytes = sum(v for k, v in rel.items() if k.startswith("pgbench_"))
-    noise = rel.get("noise", 0)
     counted = [o for o in ops if o["round"] >= 0 and not o["discarded"]]
-    dropped = [o for o in ops if o["round"] >= 0 and o["discarded"]]
-    labels = [o["label"] for o in dropped]
-    fmax = max(o["foreign_cpu"] for o in counted)
-    fmean = statistics.fmean(o["foreign_cpu"] for o in counted)
-    others = max(o["other_servers"] for o in counted)
-    waited = sum(w["waited_s"] for w in r["waits"])
-    lines = [
-        HEADING,
-        "",
-        f"Measured {r['date']} with `bench/base_backup.py` (`make bench-base`): one run, "
-        f"the same database for every tool, backed up and restored {r['reps']} times per "
-        "tool, alternating the tools (ABCD, BCDA, CDAB, …), on the same machine and disk, "
-        f"after {r['warmup']} untimed warm-up round(s) of each.",
-        "",
-        f"- Machine: {m['nproc']} CPUs (`nproc`), {m['cpu']} (/proc/cpuinfo), Linux "
-        f"{m['kernel']}, data and repositories on {r['fs']} (one disk)",
-        f"- PostgreSQL {r['pg_version']}; {r['pgbackrest_version']} (Debian package); "
-        f"Python {m['python']}; {r['tar_version']}; {r['zstd_cli'].strip('* ')}",
-        f"- Database `postgres`: **{db['db_bytes'] / GIB:.2f} GiB** (`pg_database_size`); "
-        f"pgbench tables (`pgbench -i -s {db['scale']}`, {db['accounts_rows']:,} accounts "
-        f"rows) {_mib(pgbench_bytes)} ({pgbench_bytes / db['db_bytes']:.0%}); "
-        f"table `noise` of {db['noise_rows']:,} rows of 1 KiB `gen_random_bytes` "
-        f"(incompressible, inserted {db['random_batch_mib']} MiB per statement) {_mib(noise)} "
-        f"({noise / db['db_bytes']:.0%}). Data directory without `pg_wal`: "
-        f"{_mib(db['data_dir_bytes'])}, of which a backup of ours stores "
-        f"{b_ours['bytes'] / db['data_dir_bytes']:.0%}; data checksums on. VACUUM ANALYZE "
-        "and CHECKPOINT after loading; the server then stays up and idle (autovacuum off)",
-        "- WAL: `archive_command` archives every WAL file with both tools, ours first: "
-        f"`{r['archive_command']}`. Every backup therefore waits for the same archive "
-        "command for its last segment (pg_basebackup `-X none` waits for the archiver; "
-        "pgBackRest checks its own archive)",
-        f"- Before each round the script waited until no other PostgreSQL server ran and "
-        f"other processes used at most {r['max_busy']} CPUs ({waited:.0f} s of waiting in "
-        f"all). During the timed runs other processes used {fmean:.2f} CPUs on average, "
-        f"{fmax:.2f} at most (kernel I/O work included); other PostgreSQL servers seen: "
-        f"{others}. A run during which other processes used more than {r['max_noise']} "
-        f"CPUs was discarded and run again after the machine was quiet: {len(dropped)} "
-        f"discarded ({', '.join(f'{k} ×{n}' for k, n in Counter(labels).items()) or 'none'})",
-        "- Each run starts after `sync` (no dirty data of an earlier run left); *returned* is "
-        "the wall time until the tool returned, *durable* adds a following `sync -f` of the "
-        "target's filesystem (pgBackRest and pg_basebackup fsync what they write, ours "
-        "fsyncs its repository objects; restores by `tar` are not fsynced)",
-        "",
-        "| run | tool | runs | median returned s | min–max s | median durable s | "
-        "vs pgBackRest | vs pg_basebackup | output |",
-        "|---|---|:-:|---:|---:|---:|---:|---:|---:|",
-    ]
-
-    def row(kind: str, label: str, vs_pgbr: str, vs_pgbb: str) -> str:
-        x = st[label]
-        return (
-            f"| {kind} | {label} | {x['n']} | {x['median']:.2f} | {x['min']:.2f}–{x['max']:.2f} "
-            f"| {x['durable']:.2f} | {vs_pgbr} | {vs_pgbb} | {_mib(x['bytes'])}, "
-            f"{x['files']:,} files |"
-        )
-
-    def ratio(a: dict, b: dict, bold: bool = False) -> str:
-        v = f"{a['median'] / b['median']:.2f}×"
-        return f"**{v}**" if bold else v
-
-    lines += [
-        row("backup", B_OURS, ratio(b_ours, b_pgbr, True), ratio(b_ours, b_pgbb, True)),
-        row("backup", B_OURS_AGE, ratio(st[B_OURS_AGE], b_pgbr), ratio(st[B_OURS_AGE], b_pgbb)),
-        row("backup", B_PGBB, ratio(b_pgbb, b_pgbr), "1.00×"),
-        row("backup", B_PGBR, "1.00×", ratio(b_pgbr, b_pgbb)),
-        row("restore", R_OURS, ratio(r_ours, r_pgbr, True), ""),
-        row("restore", R_OURS_AGE, ratio(st[R_OURS_AGE], r_pgbr), ""),
-        row("restore", R_PGBR, "1.00×", ""),
-        row("restore", R_TAR, ratio(r_tar, r_pgbr), ""),
-        "",
-        "*output*: for backups, one backup as stored (ours: the backup's folder "
-        "`bench/base/<day>/<label>/` with `base.tar.zst[.age]`, `backup_manifest.zst[.age]` "
-        "and `catalog.json`; pgBackRest: the backup set folder `backup/bench/<label>/`, "
-        "without its WAL archive; pg_basebackup: its `-D` folder); for restores, the "
-        "restored data directory.",
-        "",
-    ]
-    size = b_ours["bytes"] / b_pgbr["bytes"]
-    durable_r = r_ours["durable"] / r_pgbr["durable"]
-    lines += [
-        "Ratios (medians, this run):",
-        "",
-        f"- backup, ours ÷ pgBackRest: **{b_ours['median'] / b_pgbr['median']:.2f}×** "
-        f"(durable: {b_ours['durable'] / b_pgbr['durable']:.2f}×)",
-        f"- backup, ours ÷ bare pg_basebackup: **{b_ours['median'] / b_pgbb['median']:.2f}×** "
-        f"(durable: {b_ours['durable'] / b_pgbb['durable']:.2f}×)",
-        f"- restore, ours ÷ pgBackRest: **{r_ours['median'] / r_pgbr['median']:.2f}×** "
-        f"returned; **{durable_r:.2f}×** durable (`sync -f` after the restore took "
-        f"{r_ours['sync']:.2f} s after ours, which syncs the restored directory before it "
-        f"returns; {r_pgbr['sync']:.2f} s after pgBackRest)",
-        f"- repository size of one full backup, ours ÷ pgBackRest: **{size:.3f}×** "
-        f"({_mib(b_ours['bytes'])} vs {_mib(b_pgbr['bytes'])}; with age "
-        f"{st[B_OURS_AGE]['bytes'] / b_pgbr['bytes']:.3f}×)",
-        "",
-    ]
-    refs = r["references"]
-    b_age, r_age = st[B_OURS_AGE], st[R_OURS_AGE]
-
-    def part(what: str, plain: dict, age: dict, key: str | None) -> str:
-        """A row: ours plain and ours age, seconds and share of their own median."""
-        cells = []
-        for x in (plain, age):
-            v = x["median"] if key is None else x["phases"].get(key, 0.0)
-            cells.append(f"{v:.2f} | {v / x['median']:.0%}")
-        return f"| {what} | {cells[0]} | {cells[1]} |"
-
-    def ref(what: str, v: float, base: dict) -> str:
-        return f"| {what} | {v:.2f} | {v / base['median']:.0%} | | |"
-
-    lines += [
-        "Where ours goes (medians of the phases of its runs). `take_base_backup` and "
-        "`restore` run in the benchmark's process with a `Repository` subclass that "
-        "records when objects were stored (`put_file`/`put_stream`) and when `verify` ran; "
-        "shares are of each variant's own median:",
-        "",
-        "| part | ours s | share | ours, age s | share |",
-        "|---|---:|---:|---:|---:|",
-        part(
-            "backup: `pg_basebackup` into the staging folder, incl. connecting",
-            b_ours,
-            b_age,
-            "pg_basebackup_s",
-        ),
-        part(
-            "backup: storing the archive and manifest in the repository (sha256 and "
-            "rename, or encrypt-copy; fsync)",
-            b_ours,
-            b_age,
-            "store_s",
-        ),
-        part("backup: the rest (catalog, removing the staging folder)", b_ours, b_age, "rest_s"),
-        part("backup: whole run (median)", b_ours, b_age, None),
-        ref("reference: bare `pg_basebackup`, same options", b_pgbb["median"], b_ours),
-        ref(
-            f"reference, in-process: one read of our {_mib(refs['bytes'])} archive from the "
-            "page cache",
-            refs["read_s"],
-            b_ours,
-        ),
-        ref("reference, in-process: one sha256 pass over it", refs["sha256_s"], b_ours),
-        ref(
-            "reference, in-process: copying it into a new file, fsynced",
-            refs["copy_fsync_s"],
-            b_ours,
-        ),
-    ]
-    if r_ours["phases"].get("verify_s", 0) > 0.005 or r_age["phases"].get("verify_s", 0) > 0.005:
-        lines.append(
-            part(
-                "restore: a separate sha256 pass over the stored archive (`verify`)",
-                r_ours,
-                r_age,
-                "verify_s",
-            )
-        )
-    lines += [
-        part(
-            "restore: extraction (`tar --zstd -x` reads the archive while it is hashed; with "
-            "age: decrypted and piped into tar) and the manifest",
-            r_ours,
-            r_age,
-            "extract_s",
-        ),
-        part(
-            "restore: the rest (archive listing and WAL check, handing every file to "
-            "`postgres`, recovery settings)",
-            r_ours,
-            r_age,
-            "rest_s",
-        ),
-        part("restore: whole run (median)", r_ours, r_age, None),
-        ref("reference: bare `tar --zstd -x` of the same file", r_tar["median"], r_ours),
-        ref("reference: pgBackRest restore", r_pgbr["median"], r_ours),
-        "",
-        "Engine as measured (the code under `pg_backup_assets/` changes while it is being "
-        "written; sha256 prefixes of the files that ran): "
-        + ", ".join(f"`{k}` {v}" for k, v in r["engine"].items())
-        + (
-            " (the files changed during the run; the benchmark ran the version it loaded "
-            "at its start)."
-            if r["engine_changed_during_run"]
-            else "."
-        ),
-        "",
-        "Restores checked afterwards: the last restore of each tool was started (archiving "
-        "off), recovered to the end of the archive through its tool's `restore_command` "
-        "and compared with the source (row counts, sums, md5 of every `noise` row): "
-        + "; ".join(f"{k}: {v}" for k, v in r["verified"].items())
-        + ".",
-        "",
-        "Exact commands and settings (`WORK` = the benchmark's scratch folder in "
-        "`bench/out/`; `DIR` = a new, empty folder):",
-        "",
-        "```sh",
-        "# ours, in the benchmark's process (as root; PostgreSQL runs as postgres):",
-        "take_base_backup(Repository.from_config(load_config('WORK/ours.yaml')), "
-        "cluster 'bench', DAY)",
-        "#   runs: pg_basebackup -D STAGING -Ft -X none -c fast "
-        "--compress=server-zstd:level=3,workers=2 -l LABEL --no-password -d CONNINFO",
-        "#   then puts STAGING/base.tar.zst into the repository as it is (no "
-        "recompression; age-encrypted with ours-age.yaml) and backup_manifest "
-        "zstd-compressed, each with its sha256, then catalog.json",
-        "restore(repo, cluster, 'WORK/ours.yaml', DIR, Target.parse(None, None), start=False)",
-        *(r["commands"][k] for k in (B_PGBB, B_PGBR, R_PGBR, R_TAR)),
-        "```",
-        "",
-        "`WORK/ours.yaml` (`ours-age.yaml` adds `encryption: {recipients: [age1…], "
-        "identity_file: WORK/age.key}`, a fresh x25519 key):",
-        "",
-        "```yaml",
-        r["ours_yaml"].rstrip(),
-        "```",
-        "",
-        "`WORK/pgbackrest.conf` (everything else default, e.g. page checksums verified "
-        "during the backup, as pg_basebackup does too):",
-        "",
-        "```ini",
-        r["pgbackrest_conf"].rstrip(),
-        "```",
-        "",
-        "Server settings besides `LocalCluster`'s defaults (initdb `--data-checksums`, "
-        "loopback): "
-        + ", ".join(f"`{k} = {v}`" for k, v in r["settings"].items() if k != "archive_command")
-        + ". Raw per-run timings: `bench/out/base_backup-last.json`.",
-        "",
-    ]
-    return "\n".join(lines)
+    dropped = Counter(o["label"] for o in ops if o["round"] >= 0 and o["discarded"])
+    head = ("run", "tool", "runs", "median s", "min–max s", "durable s", "vs pgBackRest")
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            measured(
+                r,
+                "bench-base",
+                f"PostgreSQL {r['pg_version']}, {r['pgbackrest_version']}, Python "
+                f"{m['python']}, {r['tar_version']}, {r['zstd_cli'].strip('* ')}",
+            ),
+            "",
+            *table(
+                (*head, "vs pg_basebackup", "output"),
+                [row("backup", x, (b_pgbr, b_pgbb)) for x in BACKUPS]
+                + [row("restore", x, (r_pgbr, None)) for x in RESTORES],
+                "llc" + "r" * 6,
+            ),
+            "",
+            *table(("where ours goes", "ours s", "share", "ours, age s", "share"), parts),
+            "",
+            f"- Database: {db['db_bytes'] / GIB:.2f} GiB: pgbench (`-s {db['scale']}`) "
+            f"{mib(pgbench_bytes)}, random rows {mib(rel.get('noise', 0))}; data directory "
+            f"without `pg_wal` {mib(db['data_dir_bytes'])}.",
+            "- Durable ratios: backup ours ÷ pgBackRest "
+            f"{as_ratio(b_ours['durable'] / b_pgbr['durable'])}, ÷ pg_basebackup "
+            f"{as_ratio(b_ours['durable'] / b_pgbb['durable'])}; restore ours ÷ pgBackRest "
+            f"{as_ratio(r_ours['durable'] / r_pgbr['durable'])}. One backup's size, ours ÷ "
+            f"pgBackRest: {b_ours['bytes'] / b_pgbr['bytes']:.3f}×.",
+            f"- {r['reps']} runs per tool after {r['warmup']} warm-up round(s); other processes "
+            f"used {statistics.fmean(o['foreign_cpu'] for o in counted):.2f} CPUs on average, "
+            f"{max(o['foreign_cpu'] for o in counted):.2f} at most; "
+            f"{sum(w['waited_s'] for w in r['waits']):.0f} s waited for quiet; discarded runs: "
+            f"{', '.join(f'{k} ×{n}' for k, n in dropped.items()) or 'none'}.",
+            "- Restores started and compared with the source: "
+            + "; ".join(f"{k}: {v}" for k, v in r["verified"].items())
+            + ".",
+            "- Engine (sha256 prefixes): "
+            + ", ".join(f"`{k}` {v}" for k, v in r["engine"].items())
+            + (" (changed during the run)." if r["engine_changed_during_run"] else "."),
+            "",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -993,9 +867,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--retries", type=int, default=3, help="at most this many such re-runs (default 3)"
     )
-    p.add_argument("--no-report", action="store_true", help="leave BENCHMARKS.md alone")
+    report_options(p)
     p.add_argument("--keep", action="store_true", help="keep the scratch folder in bench/out")
     args = p.parse_args(argv)
+    if args.render_only:
+        return rerender(NAME, HEADING, render, WHY, args.no_report)
     if args.reps < 3 and not args.no_report:
         p.error("--reps must be at least 3 for a report (or pass --no-report)")
     if os.geteuid() == 0:
@@ -1003,7 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pwd.getpwnam(SERVER_USER)
         except KeyError:
             p.error("running as root but there is no postgres OS user to run PostgreSQL as")
-    return run_with_pgbackrest("base_backup", args, bench)
+    return run_with_pgbackrest(NAME, args, bench)
 
 
 if __name__ == "__main__":

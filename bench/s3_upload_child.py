@@ -4,7 +4,7 @@
 it in its own process for the timed rounds, and runs this file as a fresh process for the
 peak-RSS measurement::
 
-    python bench/s3_upload_child.py {ours,boto3,boto3-seq} ENDPOINT BUCKET FILE SHA256
+    python bench/s3_upload_child.py {ours,boto3,boto3-shape} ENDPOINT BUCKET FILE SHA256
 
 which prints one JSON line: the process's peak RSS before the upload (after its imports,
 the client and a first request) and at the end (``VmHWM`` from ``/proc/self/status``), and
@@ -31,9 +31,8 @@ from typing import Any
 REGION = "us-east-1"
 OURS = "ours"
 BOTO = "boto3"
-BOTO_SEQ = "boto3-seq"
-MODES = (OURS, BOTO, BOTO_SEQ)
-SEQ_PART = 16 << 20  # the same part size as S3Storage's
+BOTO_SHAPE = "boto3-shape"
+MODES = (OURS, BOTO, BOTO_SHAPE)
 
 
 def client_for(endpoint: str) -> Any:
@@ -43,13 +42,25 @@ def client_for(endpoint: str) -> Any:
     return s3_client(endpoint, REGION)
 
 
+def ours_shape() -> dict[str, int]:
+    """``TransferConfig`` arguments that give boto3 the part size and concurrency of ours."""
+    from pg_backup_assets.core.storage.s3 import PART_SIZE, _Upload
+
+    return {
+        "multipart_threshold": PART_SIZE,
+        "multipart_chunksize": PART_SIZE,
+        "max_concurrency": _Upload.IN_FLIGHT,
+    }
+
+
 def uploader(mode: str, client: Any, bucket: str, path: Path, sha256: str) -> Callable[[], Any]:
     """A call that uploads ``path`` to ``bucket`` under the key ``path.name``.
 
     - ``ours``: ``copy_key`` from a ``LocalStorage`` over the file's folder into an
       ``S3Storage`` (what ``offsite_base_backup`` does through ``copy_set``);
     - ``boto3``: ``client.upload_file`` with boto3's default ``TransferConfig``;
-    - ``boto3-seq``: the same with ``use_threads=False`` and 16 MiB parts (ours' shape).
+    - ``boto3-shape``: the same in ours' shape, ``S3Storage``'s part size and parts in
+      flight (16 MiB, 4), read from the engine so the two cannot drift apart.
     """
     if mode == OURS:
         from pg_backup_assets.core.offsite.copy import copy_key
@@ -62,10 +73,8 @@ def uploader(mode: str, client: Any, bucket: str, path: Path, sha256: str) -> Ca
 
     if mode == BOTO:
         config = TransferConfig()
-    elif mode == BOTO_SEQ:
-        config = TransferConfig(
-            multipart_threshold=SEQ_PART, multipart_chunksize=SEQ_PART, use_threads=False
-        )
+    elif mode == BOTO_SHAPE:
+        config = TransferConfig(**ours_shape())
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return lambda: client.upload_file(str(path), bucket, path.name, Config=config)

@@ -18,9 +18,11 @@ can run as ``postgres``)::
 
     .venv/bin/python bench/wal_push.py [--segments 40]
 
-Results go to stdout, to ``BENCHMARKS.md`` (section ``## wal-push vs pgBackRest
-archive-push``, replaced on each run) and, raw, to ``bench/out/wal_push-last.json``.
-There are no timing assertions: this measures, it does not judge.
+The raw results go to ``bench/out/wal_push-last.json``; the section ``## wal-push vs
+pgBackRest archive-push`` of ``BENCHMARKS.md`` is rendered from that file alone (tables;
+how to read them: ``bench/README.md``), printed, and replaces the old one.
+``--render-only`` renders it again without measuring. There are no timing assertions:
+this measures, it does not judge.
 """
 
 from __future__ import annotations
@@ -46,29 +48,34 @@ from pathlib import Path
 import pyrage
 import zstandard
 from common import (
-    OUT,
     PGBACKUP,
     PYTHON,
     ROOT,
     ZSTD_LEVEL,
     BenchError,
     as_postgres,
+    as_ratio,
     files_under,
+    finish,
     foreign_cpu,
     load_now,
     log,
     machine,
+    measured,
+    mib,
     ours_conf,
     owned_dir,
     pgbackrest_cmd,
     pgbackrest_conf,
     pgbench,
-    publish,
+    report_options,
+    rerender,
     run,
     run_with_pgbackrest,
     sha256_file,
     sql,
     switch_and_wait,
+    table,
     timed,
     tool_env,
     tree_bytes,
@@ -77,7 +84,9 @@ from common import (
 
 from pg_backup_assets.core.postgres.local_cluster import SERVER_USER, LocalCluster
 
+NAME = "wal_push"
 HEADING = "## wal-push vs pgBackRest archive-push"
+WHY = "a variant did not store every segment intact"
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 SEG_BYTES = 16 << 20
 
@@ -116,31 +125,6 @@ def stale_bytecode() -> list[str]:
         if flags != 0 or mtime != int(st.st_mtime) & 0xFFFFFFFF or size != st.st_size & 0xFFFFFFFF:
             stale.append(str(src.relative_to(ROOT)))
     return stale
-
-
-def nopyc_text(r: dict) -> str:
-    """What the *no .pyc* row measured, given the checkout's bytecode at run time."""
-    if not r["checkout_pyc"]:
-        return (
-            "The *no .pyc* row runs it as this checkout's editable install runs for `postgres` "
-            "when nothing has written `pg_backup_assets/**/__pycache__` (root-owned, so "
-            "`postgres` cannot; at run time the checkout had no `.pyc` files): every call "
-            "compiles our modules from source."
-        )
-    stale = r.get("stale_pyc")
-    which = (
-        f" At run time {len(stale)} module(s) had a stale or missing `.pyc`"
-        f"{': ' + ', '.join(f'`{s}`' for s in stale) if stale else ''}."
-        if stale is not None
-        else ""
-    )
-    return (
-        "The *no .pyc* row runs it without that folder, as this checkout's editable install "
-        "runs for `postgres`: `scripts/bootstrap` byte-compiles the package, so it loads the "
-        "`.pyc` files in `pg_backup_assets/**/__pycache__` and compiles from source only the "
-        "modules edited since the last `make setup` (the folders are root-owned, so `postgres` "
-        f"cannot refresh them).{which} The row's extra cost is what such stale modules cost."
-    )
 
 
 def checkout_has_bytecode() -> bool:
@@ -379,139 +363,80 @@ def warm_pushes(
 
 
 def render(r: dict) -> str:
-    m, p, st, b = r["machine"], r["passes"], r["stored"], r["breakdown"]
+    """The report, from the raw results alone (what the columns mean: bench/README.md)."""
+    m, st, b, wl = r["machine"], r["stored"], r["breakdown"], r["workload"]
+    p1, p2, p3 = (x["summaries"] for x in r["passes"])
     raw = r["segments"] * SEG_BYTES
-    p1, p2, p3 = (x["summaries"] for x in p)
     pgbr, ours = p1[PGBR]["median_ms"], p1[OURS]["median_ms"]
     ratio = ours / pgbr
-    wl = r["workload"]
-    lines = [
-        HEADING,
-        "",
-        f"Measured {r['date']} with `bench/wal_push.py` (`make bench-wal`): one run, the same "
-        f"{r['segments']} real WAL segments for every tool, the same machine and disk.",
-        "",
-        f"- Machine: {m['nproc']} CPUs (`nproc`), {m['cpu']} (/proc/cpuinfo), Linux "
-        f"{m['kernel']}, repositories on {r['fs']}",
-        f"- PostgreSQL {r['pg_version']}; {r['pgbackrest_version']} (Debian package); "
-        f"Python {m['python']}; zstandard {m['zstandard']}",
-        f"- {r['segments']} segments × 16 MiB ({raw / 2**20:,.0f} MiB), picked evenly from "
-        f"{wl['archived']} archived while running `pgbench -i -s {wl['scale']}`, then "
-        f"{wl['rounds']} rounds of `pgbench -c 4 -j 4 -T {wl['tx_seconds_per_round']}` + "
-        f"{wl['random_mib_per_round']} MiB of `gen_random_bytes` rows (incompressible)",
-        "- Every call is a fresh process run as `postgres` through `runuser`, timed from spawn "
-        "to exit (exit 0 = durable). Each pass alternates its two variants per segment "
-        "(AB, BA, AB, …) so drift cancels, into fresh, separate repositories. Afterwards "
-        "every repository was checked: one object per segment, each decoding (zstd, age) "
-        "to the original segment's bytes",
-        f"- Other activity during the passes: {r['foreign_cpu']} CPUs busy outside the "
-        "benchmark's own processes (kernel I/O work such as fsync included); other "
-        f"PostgreSQL servers running meanwhile: {r['foreign_servers']}",
-        "",
-        "| variant | pass | median ms | p90 ms | mean ms | median vs pgBackRest "
-        "| stored | of raw | repository |",
-        "|---|:-:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-
-    def row(label: str, n: int, summ: dict, vs: str) -> str:
-        x, s = summ[label], st[f"{n}:{label}"]
-        return (
-            f"| {label} | {n} | {x['median_ms']:.1f} | {x['p90_ms']:.1f} | {x['mean_ms']:.1f} "
-            f"| {vs} | {s['object_bytes'] / 2**20:,.1f} MiB | {s['object_bytes'] / raw:.1%} "
-            f"| {s['repo_bytes'] / 2**20:,.1f} MiB, {s['repo_files']} files |"
-        )
-
-    chain_age = p2[OURS_AGE]["median_ms"] / p2[OURS]["median_ms"]
-    chain_nopyc = p3[OURS_NOPYC]["median_ms"] / p3[OURS]["median_ms"]
-    lines += [
-        row(PGBR, 1, p1, "1.00×"),
-        row(OURS, 1, p1, f"**{ratio:.2f}×**"),
-        row(OURS_AGE, 2, p2, f"≈{chain_age * ratio:.2f}× ¹"),
-        row(OURS_NOPYC, 3, p3, f"≈{chain_nopyc * ratio:.2f}× ¹"),
-        "",
-        "¹ Passes 2 and 3 alternate with ours plain, not with pgBackRest: the ratio is "
-        "chained (variant ÷ ours plain within its pass) × (ours ÷ pgBackRest in pass 1). "
-        f"Within pass 2, age costs {chain_age:.2f}× plain (ours plain there: "
-        f"{p2[OURS]['median_ms']:.1f} ms); within pass 3, compiling our modules on every call "
-        f"costs {chain_nopyc:.2f}× having them cached (ours plain there: "
-        f"{p3[OURS]['median_ms']:.1f} ms).",
-        "",
-        f"**Ours takes {ratio:.2f}× pgBackRest's median time per segment** and stores "
-        f"{st['1:' + OURS]['object_bytes'] / st['1:' + PGBR]['object_bytes']:.3f}× its bytes "
-        f"(both zstd level 3: ours through python-zstandard's bundled libzstd "
-        f"{r['machine']['zstandard'].split('libzstd ')[-1].rstrip(')')} with a content checksum, "
-        f"pgBackRest through Debian's libzstd {r['system_libzstd']}).",
-        "",
-        "Bytecode: ours runs with `PYTHONPYCACHEPREFIX` pointing at a cache folder the "
-        "`postgres` user may write, warmed by the untimed first push, as an installed wheel "
-        "has its `.pyc` files. " + nopyc_text(r),
-        "",
-        "Where one call of ours goes (medians, bytecode cached; fresh processes as `postgres` "
-        "except where marked in-process):",
-        "",
-        "| part | ms | of ours' median |",
-        "|---|---:|---:|",
-    ]
+    rows = []
+    for n, summ in enumerate((p1, p2, p3), start=1):
+        for label, x in summ.items():
+            s = st[f"{n}:{label}"]
+            if label == PGBR:
+                vs = as_ratio(1)
+            elif label == OURS:
+                vs = as_ratio(ratio, bold=True) if n == 1 else "(reference)"
+            else:  # chained through ours plain in the same pass
+                vs = f"≈{as_ratio(x['median_ms'] / summ[OURS]['median_ms'] * ratio)}"
+            rows.append(
+                (n, label, f"{x['median_ms']:.1f}", f"{x['p90_ms']:.1f}", f"{x['mean_ms']:.1f}")
+                + (vs, mib(s["object_bytes"]), f"{s['object_bytes'] / raw:.1%}")
+                + (f"{mib(s['repo_bytes'])}, {s['repo_files']} files",)
+            )
     spawn = b["launch_floor_ms"]
     start = b["python_startup_ms"] - spawn
     imports = b["imports"]["total_ms"] - b["imports"]["site_ms"]
-    work = b["warm_push_ms"]
-    pgbr_work = pgbr - b["pgbackrest_version_ms"]
+    work, floor = b["warm_push_ms"], b["pgbackrest_version_ms"]
     parts = [
-        ("spawn via `runuser` (`runuser … /bin/true`; in every row, pgBackRest's too)", spawn),
-        ("interpreter start incl. `site` (`python -c pass`, minus the spawn)", start),
-        ("imports of `wal-push` beyond `site` (`-X importtime`)", imports),
-        ("the push itself: `main([... 'wal-push', SEG])` again in a warm process", work),
-        ("sum of the four (vs the measured median)", spawn + start + imports + work),
-        ("in-process reference: one read of a segment from page cache", b["work"]["read_ms"]),
-        ("in-process reference: one sha256 pass over a segment", b["work"]["sha256_ms"]),
-        ("in-process reference: zstd level 3 of a segment, one shot", b["work"]["zstd3_ms"]),
-        ("in-process reference: age-encrypting the compressed segment", b["work"]["age_ms"]),
+        ("spawn via `runuser` (`runuser … /bin/true`)", spawn),
+        ("interpreter start incl. `site`, minus the spawn", start),
+        ("imports of `wal-push` beyond `site`", imports),
+        ("the push itself, in a warm process", work),
+        ("sum of the four", spawn + start + imports + work),
+        ("in-process: one read of a segment (page cache)", b["work"]["read_ms"]),
+        ("in-process: one sha256 pass over a segment", b["work"]["sha256_ms"]),
+        ("in-process: zstd level 3 of a segment", b["work"]["zstd3_ms"]),
+        ("in-process: age-encrypting the compressed segment", b["work"]["age_ms"]),
         ("pgBackRest: whole median call", pgbr),
-        (
-            "pgBackRest: `runuser … pgbackrest version` (its start-up floor)",
-            b["pgbackrest_version_ms"],
-        ),
-        ("pgBackRest: its push beyond that floor (difference)", pgbr_work),
+        ("pgBackRest: `pgbackrest version` (its start-up floor)", floor),
+        ("pgBackRest: its push beyond that floor", pgbr - floor),
     ]
-    lines += [f"| {what} | {ms:.1f} | {ms / ours:.0%} |" for what, ms in parts]
+    stale = r["stale_pyc"] if r["checkout_pyc"] else ["all (the checkout had no `.pyc`)"]
     heavy = ", ".join(f"{n} {t:.1f}" for n, t in b["imports"]["heaviest_self_ms"])
-    lines += [
-        "",
-        f"Import self-time by package (ms): {heavy}.",
-        "",
-        f"Read as ratios: our push's own work in a warm process is {work / pgbr_work:.2f}× "
-        f"pgBackRest's push beyond its start-up floor; interpreter start and imports add "
-        f"{(start + imports) / ours:.0%} of our median call.",
-        "",
-        "Exact commands (one per segment; `SEG` = the staged segment's path, `WORK` the "
-        "benchmark's scratch folder):",
-        "",
-        "```sh",
-        *r["commands"],
-        "```",
-        "",
-        "`WORK/ours.yaml` (`ours-age.yaml` adds `encryption: {recipients: [age1…]}`, a fresh "
-        "x25519 key):",
-        "",
-        "```yaml",
-        r["ours_yaml"].rstrip(),
-        "```",
-        "",
-        "`WORK/pgbackrest.conf` (log settings otherwise default):",
-        "",
-        "```ini",
-        r["pgbackrest_conf"].rstrip(),
-        "```",
-        "",
-        "Before timing, each variant pushed one other segment, untimed, into a scratch "
-        "repository, and every staged segment was read once, so no variant pays for a cold "
-        "page cache or cold binaries. The PostgreSQL server stays up and idle (autovacuum "
-        "off, CHECKPOINT before the first call), as it is when archive_command runs. Raw "
-        "per-call timings: `bench/out/wal_push-last.json`.",
-        "",
-    ]
-    return "\n".join(lines)
+    head = ("pass", "variant", "median ms", "p90 ms", "mean ms", "vs pgBackRest", "stored")
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            measured(
+                r,
+                "bench-wal",
+                f"PostgreSQL {r['pg_version']}, {r['pgbackrest_version']} (Debian's libzstd "
+                f"{r['system_libzstd']}), Python {m['python']}, zstandard {m['zstandard']}",
+            ),
+            "",
+            *table((*head, "of raw", "repository"), rows, "cl" + "r" * 7),
+            "",
+            *table(
+                ("where one call of ours goes", "ms", "of ours' median"),
+                ((what, f"{ms:.1f}", f"{ms / ours:.0%}") for what, ms in parts),
+            ),
+            "",
+            f"- Segments: {r['segments']} × 16 MiB ({mib(raw)}), picked evenly from "
+            f"{wl['archived']} archived during `pgbench -i -s {wl['scale']}` and {wl['rounds']} "
+            f"rounds of `pgbench -T {wl['tx_seconds_per_round']}` + "
+            f"{wl['random_mib_per_round']} MiB of random rows.",
+            f"- Other activity: {r['foreign_cpu']} CPUs; other PostgreSQL servers: "
+            f"{r['foreign_servers']}.",
+            f"- Our push in a warm process ÷ pgBackRest's beyond its floor: "
+            f"{as_ratio(work / (pgbr - floor))}; interpreter start and imports: "
+            f"{(start + imports) / ours:.0%} of our median call. Import self-time (ms): {heavy}.",
+            f"- Modules compiled from source on every *no .pyc* call (stale or missing `.pyc`): "
+            f"{', '.join(f'`{x}`' for x in stale) or 'none'}.",
+            "",
+        ]
+    )
 
 
 # -- the benchmark -------------------------------------------------------------------------
@@ -524,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="time pgBackRest alone (while wal-push does not exist yet); writes no report",
     )
-    p.add_argument("--no-report", action="store_true", help="leave BENCHMARKS.md alone")
+    report_options(p)
     p.add_argument("--keep", action="store_true", help="keep the scratch folder in bench/out")
     p.add_argument(
         "--wait-idle",
@@ -535,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(e.g. a test suite); default 0",
     )
     args = p.parse_args(argv)
+    if args.render_only:
+        return rerender(NAME, HEADING, render, WHY, args.no_report)
     if args.segments < 2:
         p.error("--segments must be at least 2")
     if os.geteuid() == 0:
@@ -545,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.pgbackrest_only and not wal_push_available():
         log("`pgbackup wal-push` does not exist yet; use --pgbackrest-only meanwhile")
         return 2
-    return run_with_pgbackrest("wal_push", args, bench)
+    return run_with_pgbackrest(NAME, args, bench)
 
 
 def stage_segments(cluster: LocalCluster, work: Path, n: int, scale: int) -> tuple[dict, Path]:
@@ -735,11 +662,9 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
         "ours_yaml": (work / "p1-a-ours.yaml").read_text().replace(str(work), "WORK"),
         "pgbackrest_conf": (work / "p1-b-pgbackrest.conf").read_text().replace(str(work), "WORK"),
     }
-    (OUT / "wal_push-last.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     log(f"breakdown: {json.dumps(breakdown, default=str)}")
     log(f"other activity: {report['foreign_cpu']} CPUs; other PostgreSQL servers: {foreign}")
-    why = "a variant did not store every segment intact"
-    return publish(HEADING, render(report), problems, why, args.no_report)
+    return finish(NAME, HEADING, render, report, WHY, args.no_report)
 
 
 if __name__ == "__main__":

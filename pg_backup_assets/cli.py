@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         "--start", action="store_true", help="start the server and replay to the target"
     )
     rs.add_argument("--force", action="store_true", help="empty a non-empty --to folder first")
+    rs.add_argument(
+        "--archive-mode",
+        choices=["off", "preserve"],
+        default="off",
+        help="off (default): the copy never archives WAL; preserve: it keeps the source's "
+        "archiving (a copy that replaces the source archives its new timeline)",
+    )
 
     rp = sub.add_parser("restore-point", help="create a named restore point on the cluster")
     rp.add_argument("name")
@@ -88,24 +96,43 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # restore_command: PostgreSQL reads an exit status up to 125 as "not archived" and, for
+    # a recovery without a target, ends recovery there. Any failure of wal-fetch but "not
+    # archived" (bad arguments, config, store, disk, a bug) must stop recovery instead.
+    fatal = WAL_FETCH_FATAL if "wal-fetch" in argv else None
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        if fatal and exc.code not in (0, None):
+            return fatal
+        raise
     from pg_backup_assets.core.errors import ConfigError, PgBackupError
 
     try:
         return _COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"pgbackup: config error: {exc}", file=sys.stderr)
-        return 2
+        print(f"pgbackup: config error: {_flat(exc)}", file=sys.stderr)
+        return fatal or 2
     except PgBackupError as exc:
-        print(f"pgbackup: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"pgbackup: error: {_flat(exc)}", file=sys.stderr)
+        return fatal or 1
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"pgbackup: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
+        return fatal or 1
     except KeyboardInterrupt:
         print("pgbackup: interrupted", file=sys.stderr)
-        return 130
+        return fatal or 130
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        if os.environ.get("PGBACKUP_DEBUG"):
+            raise
+        print(
+            f"pgbackup: internal error: {type(exc).__name__}: {exc} (run with PGBACKUP_DEBUG=1 "
+            "for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return fatal or 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -165,6 +192,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         force=args.force,
         log=lambda m: print(m, file=sys.stderr),
         source=args.source,
+        archive_mode=args.archive_mode,
+        s3_env=bool(config.offsite and config.offsite.s3),
     )
     print(f"restored {result.backup.label} from {repo.describe()} into {result.data_dir}")
     print(f"  fetch + extract   {result.fetch_extract_s:.1f}s")
@@ -172,11 +201,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         print(f"  replay            {result.replay_s:.1f}s")
         print(f"  reached           {result.reached_lsn} ({result.stop_reason or 'end of WAL'})")
         print(f"  last transaction  {result.reached_time or 'n/a'}")
-        print(f"  server            {result.server.dsn()}  (archiving is off on it)")
+        archiving = "off on it" if args.archive_mode == "off" else "as the source's"
+        print(f"  server            {result.server.dsn()}  (archiving: {archiving})")
         print(f"  stop it with      {result.server.stop_command()}")
     else:
         print(f"  start it with     pg_ctl -D {result.data_dir} start  (it recovers to the target)")
-        print("                    (as the OS user that owns it; archiving stays as configured)")
+        archiving = "off" if args.archive_mode == "off" else "as the source's (preserve)"
+        print(f"                    (as the OS user that owns it; archiving: {archiving})")
     return 0
 
 
@@ -211,7 +242,7 @@ def _cmd_wal_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_wal_fetch(args: argparse.Namespace) -> int:
-    from pg_backup_assets.core.errors import NotFoundError, PgBackupError
+    from pg_backup_assets.core.errors import NotFoundError
     from pg_backup_assets.core.storage.repository import Repository
     from pg_backup_assets.core.wal.archive import fetch
 
@@ -223,25 +254,37 @@ def _cmd_wal_fetch(args: argparse.Namespace) -> int:
     failures: list[str] = []
     missing = True
     for source in sources:
-        if source == "local":
-            repo = Repository.from_config(config)
-        else:
-            from pg_backup_assets.core.offsite.store import offsite_repository
-
-            repo = offsite_repository(config)
         try:
+            if source == "local":
+                repo = Repository.from_config(config)
+            else:
+                from pg_backup_assets.core.offsite.store import offsite_repository
+
+                repo = offsite_repository(config)
             fetch(repo, cluster, args.name, args.dest)
             return 0
         except NotFoundError as exc:
             failures.append(str(exc))
-        except PgBackupError as exc:  # damaged, or the store unreachable: try the next copy
-            failures.append(str(exc))
+        except Exception as exc:  # damaged, unreachable, denied, disk full...: try the next copy
+            failures.append(_one_line(exc))
             missing = False
     print("pgbackup: " + "; ".join(failures), file=sys.stderr)
     # PostgreSQL probes for files that may not exist: "not archived" is a quiet exit 1.
     # A damaged segment or an unreachable store must stop recovery, not end it early as if
     # the WAL ended there: PostgreSQL treats an exit status above 125 as fatal.
     return 1 if missing else WAL_FETCH_FATAL
+
+
+def _flat(exc: BaseException) -> str:
+    """An error as one line: what tools printed over several lines, joined."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f" ({exc.filename})" if exc.filename else "")
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

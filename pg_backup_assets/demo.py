@@ -333,6 +333,7 @@ def _pitr_from_offsite(config, config_file: Path, state: Path, story: _Story) ->
         force=True,
         log=_say,
         source="offsite",
+        s3_env=bool(config.offsite.s3),
     )
     try:
         with psycopg.connect(story.pitr.server.dsn(DATABASE)) as conn:

@@ -36,6 +36,7 @@ class S3Offsite:
     endpoint_url: str | None = None
     region: str | None = None
     object_lock_days: int = 0
+    max_attempts: int = 10  # botocore's retries ("standard" mode), CLI and assets alike
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,15 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class RepositoryMode:
+    """Who may read the repository: the Dagster user and the postgres user share it."""
+
+    files: int = 0o640
+    folders: int = 0o750
+    group: str | None = None  # every object and folder is given to this group
+
+
+@dataclass(frozen=True)
 class Config:
     repository: Path
     clusters: dict[str, ClusterConfig]
@@ -110,6 +120,8 @@ class Config:
     sensors: Sensors = field(default_factory=Sensors)
     schedules: Schedules = field(default_factory=Schedules)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    repository_mode: RepositoryMode = field(default_factory=RepositoryMode)
+    scratch_dir: Path | None = None  # where verification extracts; default: the repository's
     source: Path | None = None
 
     def cluster(self, name: str | None) -> ClusterConfig:
@@ -175,6 +187,8 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
             "sensors",
             "schedules",
             "timeouts",
+            "repository_mode",
+            "scratch_dir",
         },
     )
     base = source.parent if source else Path.cwd()
@@ -203,8 +217,48 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
         sensors=sensors,
         schedules=_schedules(top.get("schedules") or {}),
         timeouts=timeouts,
+        repository_mode=_repository_mode(top.get("repository_mode") or {}),
+        scratch_dir=_path(top["scratch_dir"], "scratch_dir", base)
+        if top.get("scratch_dir")
+        else None,
         source=source,
     )
+
+
+def _repository_mode(value: Any) -> RepositoryMode:
+    body = _mapping(value, "repository_mode")
+    _only(body, "repository_mode", optional={"files", "folders", "group"})
+    files = _mode(body.get("files", "0640"), "repository_mode.files", allowed=0o666)
+    folders = _mode(body.get("folders", "0750"), "repository_mode.folders", allowed=0o777)
+    if folders & 0o700 != 0o700 or files & 0o600 != 0o600:
+        raise ConfigError(
+            "config key 'repository_mode': the owner needs read and write on files and "
+            "read, write and search (7) on folders"
+        )
+    group = body.get("group")
+    if group is not None:
+        group = _str(group, "repository_mode.group")
+        import grp
+
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ConfigError(
+                f"config key 'repository_mode.group': there is no OS group {group!r}"
+            ) from None
+    return RepositoryMode(files, folders, group)
+
+
+def _mode(value: Any, key: str, allowed: int) -> int:
+    # YAML 1.1 reads an unquoted 0640 as the octal number it is; a string is octal too.
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        value = int(value, 8)
+    if isinstance(value, bool) or not isinstance(value, int) or value & ~allowed:
+        raise ConfigError(
+            f"config key {key!r}: expected an octal mode within {allowed:04o}, e.g. "
+            f"'{allowed & 0o750:04o}', got {value!r}"
+        )
+    return value
 
 
 def _distinct_dagster_names(clusters: dict[str, ClusterConfig]) -> None:
@@ -361,7 +415,7 @@ def _offsite(value: Any, base: Path) -> Offsite:
         s3,
         "offsite.s3",
         required={"bucket"},
-        optional={"prefix", "endpoint_url", "region", "object_lock_days"},
+        optional={"prefix", "endpoint_url", "region", "object_lock_days", "max_attempts"},
     )
     lock = s3.get("object_lock_days", 0)
     if lock != 0:
@@ -373,6 +427,7 @@ def _offsite(value: Any, base: Path) -> Offsite:
             endpoint_url=_opt_str(s3.get("endpoint_url"), "offsite.s3.endpoint_url"),
             region=_opt_str(s3.get("region"), "offsite.s3.region"),
             object_lock_days=lock,
+            max_attempts=_positive_int(s3.get("max_attempts", 10), "offsite.s3.max_attempts"),
         )
     )
 

@@ -4,7 +4,6 @@ from dagster_aws.s3 import S3Resource
 from pg_backup_assets.core.config import Config, load_config
 from pg_backup_assets.core.offsite.store import offsite_repository
 from pg_backup_assets.core.storage.repository import Repository
-from pg_backup_assets.core.storage.s3 import MAX_ATTEMPTS
 
 HEAVY_POOL = "pg_backup_heavy"
 
@@ -31,8 +30,8 @@ def s3_resource(config: Config) -> S3Resource:
     """dagster-aws's S3 resource for the configured offsite store (credentials: AWS env)."""
     s3 = config.offsite.s3 if config.offsite else None
     if s3 is None:
-        return S3Resource(max_attempts=MAX_ATTEMPTS)
+        return S3Resource()
     # The same client configuration as the CLI's (core.storage.s3.s3_client).
     return S3Resource(
-        endpoint_url=s3.endpoint_url, region_name=s3.region, max_attempts=MAX_ATTEMPTS
+        endpoint_url=s3.endpoint_url, region_name=s3.region, max_attempts=s3.max_attempts
     )

@@ -179,7 +179,8 @@ alerts: {{webhook_url: '{hook.url}', ui_url: 'http://dagster.example:3000'}}
             # 5. Pending WAL reaches the offsite store.
             cluster.switch_wal_and_wait_archived()
             offsite = offsite_repository(load_config(config))
-            wait_for("WAL offsite", lambda: wal_pending(repo, offsite, "main")[0] == 0, 120, log)
+            shipped = lambda: wal_pending(repo, offsite, "main").pending == 0  # noqa: E731
+            wait_for("WAL offsite", shipped, 120, log)
             assert not [b for b in hook.bodies if b["event"] == "run_failed"], hook.bodies
 
             # 6. The daemon stops cleanly.

@@ -59,14 +59,24 @@ def take_base_backup(
     date: str,
     log: Log = print,
     archive_wait_s: int = 600,
+    lock_wait_s: float = 6 * 3600,
 ) -> BaseBackup:
     """pg_basebackup of ``cluster`` (fast checkpoint, tar, server-side zstd) for ``date``.
 
-    ``archive_wait_s``: how long pg_basebackup may wait at its end for the server to
-    archive the backup's last WAL segment; a server whose archiving is broken would
-    otherwise keep it waiting for ever.
+    One base backup of a cluster at a time: a second one waits up to ``lock_wait_s`` for
+    the first. ``archive_wait_s``: how long pg_basebackup may wait at its end for the
+    server to archive the backup's last WAL segment; a server whose archiving is broken
+    would otherwise keep it waiting for ever.
     """
     check_date(date)
+    with repo.lock(cluster.name, "base_backup", lock_wait_s, log):
+        repo.sweep_unfinished_sets(base_prefix(cluster.name), log)
+        return _take_base_backup(repo, cluster, date, log, archive_wait_s)
+
+
+def _take_base_backup(
+    repo: Repository, cluster: ClusterConfig, date: str, log: Log, archive_wait_s: int
+) -> BaseBackup:
     facts = server_facts(cluster.dsn)
     details = _server_details(cluster.dsn)
     if details["tablespaces"]:
@@ -75,7 +85,8 @@ def take_base_backup(
             "backups of clusters with tablespaces are not supported yet (logical dumps are)"
         )
     start = time.time()
-    stamp = dt.datetime.fromtimestamp(start, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    # Microseconds: two backups of a cluster in one second never share a folder.
+    stamp = dt.datetime.fromtimestamp(start, dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     label = f"pgbackup-{cluster.name}-{stamp}"
     prefix = f"{base_prefix(cluster.name)}{date}/{label}"
     # zstd on the server, in parallel where the server's libzstd allows it; its output

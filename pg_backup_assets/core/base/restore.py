@@ -138,10 +138,25 @@ def restore(
     log: Log = print,
     timeout_s: float = 3600,
     source: str = "local",
+    archive_mode: str = "off",
+    s3_env: bool = False,
 ) -> RestoreResult:
-    """Restore from ``repo`` (the local repository, or the offsite one: ``source``)."""
+    """Restore from ``repo`` (the local repository, or the offsite one: ``source``).
+
+    ``archive_mode`` (pgBackRest's name and meaning): ``off``, the copy never archives
+    (a scratch or inspection copy must not push a new timeline into the source's
+    repository); ``preserve``, it keeps the source's archive settings (a copy that is to
+    replace the source archives its new timeline there). ``s3_env``: the restored server's
+    restore_command may read S3, so it gets this process's AWS credentials.
+    Everything is checked before anything in ``to`` is touched.
+    """
+    if archive_mode not in ARCHIVE_MODES:
+        raise PgBackupError(
+            f"--archive-mode {archive_mode!r}: expected one of {', '.join(ARCHIVE_MODES)}"
+        )
     to = to.resolve()
     _check_target_dir(to, force)
+    _check_target_time(target)
     backups = list_base_backups(repo, cluster.name)
     point_lsn = None
     if target.kind == "name":
@@ -165,6 +180,8 @@ def restore(
     )
 
     t0 = time.monotonic()
+    if force and to.exists():
+        _empty(to)
     to.mkdir(parents=True, exist_ok=True)
     extract_backup(repo, backup, to, log)
     with open(to / "backup_manifest", "wb") as f:
@@ -176,6 +193,7 @@ def restore(
         "recovery_target_action": "'promote'",
         "recovery_target_timeline": "'latest'",
         **target.settings(),
+        **({"archive_mode": "'off'"} if archive_mode == "off" else {}),
     }
     with open(to / "postgresql.auto.conf", "a") as f:
         f.write(f"\n# written by pgbackup restore of {backup.label}\n")
@@ -189,18 +207,54 @@ def restore(
     result.phases["fetch_extract_s"] = fetch_extract_s
     log(f"extracted in {fetch_extract_s:.1f}s; recovery settings written to postgresql.auto.conf")
     if start:
-        _start_and_wait(result, config_path, log, timeout_s)
+        _start_and_wait(result, config_path, log, timeout_s, s3_env)
     return result
 
 
+ARCHIVE_MODES = ("off", "preserve")
+
+
+def _check_target_time(target: Target) -> None:
+    if target.kind != "time":
+        return
+    when = parse_time(target.value)
+    now = dt.datetime.now(dt.UTC)
+    if when > now + dt.timedelta(minutes=1):
+        raise PgBackupError(
+            f"--target-time {target.value} is in the future (it is now "
+            f"{now:%Y-%m-%d %H:%M:%S} UTC): there is nothing to recover up to it yet; leave "
+            "the target out to recover to the end of the archive"
+        )
+
+
 def _check_target_dir(to: Path, force: bool) -> None:
-    if to.exists() and any(to.iterdir()):
-        if not force:
-            raise PgBackupError(
-                f"{to} is not empty; restore into an empty or new folder (or pass --force to "
-                "delete what is in it first)"
-            )
-        _empty(to)
+    """A new or empty folder; with ``force`` a non-empty one (emptied later, once every
+    check has passed), but never one a server is running in."""
+    pid = _live_postmaster(to)
+    if pid is not None:
+        raise PgBackupError(
+            f"a PostgreSQL server is running in {to} (postmaster.pid: process {pid}); stop it "
+            "before restoring into that folder"
+        )
+    if to.exists() and any(to.iterdir()) and not force:
+        raise PgBackupError(
+            f"{to} is not empty; restore into an empty or new folder (or pass --force to "
+            "delete what is in it first)"
+        )
+
+
+def _live_postmaster(data: Path) -> int | None:
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, another user's
+    return pid
 
 
 def _check_compatible(backup: BaseBackup, start: bool) -> None:
@@ -287,12 +341,18 @@ def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> 
                 f"nothing was restored into {to}"
             )
         if failure:
-            raise PgBackupError(failure)
-        if rc != 0:
-            err.seek(0)
+            _empty(to)
+            raise PgBackupError(f"{failure}; nothing was restored into {to}")
+        err.seek(0)
+        said = err.read().decode(errors="replace").strip()
+        # tar refuses members that would land outside the folder ("..") and fails; it
+        # extracts absolute names inside it, saying so. A backup made by pg_basebackup has
+        # neither: either way, what was extracted is no restore.
+        if rc != 0 or "Removing leading" in said:
+            _empty(to)
             raise CommandError(
-                f"extracting {backup.label} into {to} failed: "
-                f"{err.read().decode(errors='replace').strip()[-1000:]}"
+                f"extracting {backup.label} into {to} failed, and what was extracted is "
+                f"removed: {'; '.join(said.splitlines())[-1000:]}"
             )
 
 
@@ -335,12 +395,24 @@ _LAST_TX_RE = re.compile(r"last completed transaction was at log time (.+)")
 _MISSING_RE = re.compile(r"wal-fetch: ([0-9A-F]{24}) is not in the archive")
 
 
-def _start_and_wait(result: RestoreResult, config_path: Path, log: Log, timeout_s: float) -> None:
+# What the restored server's restore_command needs to read S3, and nothing more: the
+# postmaster's environment reaches every process it starts.
+_AWS_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_CA_BUNDLE",
+)
+
+
+def _start_and_wait(
+    result: RestoreResult, config_path: Path, log: Log, timeout_s: float, s3_env: bool
+) -> None:
     to = result.data_dir
     server = LocalCluster(to.parent / f".{to.name}.run", major=result.backup.pg_major, data=to)
-    # An inspection copy must not archive into the cluster's repository: its new
-    # timeline would become the "newest" one there.
-    server.adopt({"archive_mode": "off"})
+    server.adopt()
     if not server.readable_by_server(Path(config_path)):
         raise PgBackupError(
             f"the server's OS user cannot read {config_path}, which its restore_command needs"
@@ -348,8 +420,7 @@ def _start_and_wait(result: RestoreResult, config_path: Path, log: Log, timeout_
     log(f"starting the restored server on port {server.port} (log: {server.logfile})")
     t0 = time.monotonic()
     try:
-        # restore_command may read the offsite store: it needs the same AWS credentials.
-        aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        aws = {k: os.environ[k] for k in _AWS_ENV if s3_env and k in os.environ}
         server.start(timeout=int(timeout_s), env=aws)
         deadline = time.monotonic() + timeout_s
         while True:

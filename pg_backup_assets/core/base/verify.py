@@ -3,6 +3,8 @@ objects, then ``pg_verifybackup`` on an extracted copy with the WAL it needs."""
 
 from __future__ import annotations
 
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +26,31 @@ class BackupVerdict:
 
 
 def verify_base_backup(
-    repo: Repository, cluster: str, backup: BaseBackup, log: Log = print
+    repo: Repository,
+    cluster: str,
+    backup: BaseBackup,
+    log: Log = print,
+    attempts: int = 2,
+    retry_pause_s: float = 5,
 ) -> BackupVerdict:
+    """Verify and record the verdict. A failure is tried again before it is recorded (a
+    store that blinked must not mark a good backup unverified); what fails every time is
+    recorded as it is."""
+    for attempt in range(1, attempts + 1):
+        verdict = _verify_once(repo, cluster, backup, log)
+        if verdict.ok or attempt == attempts:
+            break
+        log(f"verifying {backup.label} failed ({verdict.message}); trying again")
+        time.sleep(retry_pause_s)
+    record_verification(repo, backup, verdict.ok, verdict.message)
+    return verdict
+
+
+def _verify_once(repo: Repository, cluster: str, backup: BaseBackup, log: Log) -> BackupVerdict:
     try:
+        _check_scratch_space(repo, backup)
         # Both reads below check each object's sha256 against the catalog.
-        with repo.staging() as scratch:
+        with repo.staging(scratch=True) as scratch:
             data = scratch / "data"
             data.mkdir()
             extract_backup(repo, backup, data, log)
@@ -47,16 +69,28 @@ def verify_base_backup(
                 what=f"pg_verifybackup of {backup.label}",
             )
     except PgBackupError as exc:
-        verdict = BackupVerdict(False, str(exc))
-    else:
-        verdict = BackupVerdict(
-            True,
-            f"{backup.label}: sha256 of {len(backup.objects)} objects match; pg_verifybackup "
-            f"checked every file against the manifest and the WAL it needs ({segments} segments)",
-            segments,
+        return BackupVerdict(False, str(exc))
+    return BackupVerdict(
+        True,
+        f"{backup.label}: sha256 of {len(backup.objects)} objects match; pg_verifybackup "
+        f"checked every file against the manifest and the WAL it needs ({segments} segments)",
+        segments,
+    )
+
+
+def _check_scratch_space(repo: Repository, backup: BaseBackup) -> None:
+    """Refuse to extract a copy that would fill the scratch filesystem (by default the
+    repository's own, where wal-push needs room for the next segment)."""
+    base = repo.staging_base(scratch=True)
+    base.mkdir(parents=True, exist_ok=True)
+    need = int(backup.raw_bytes * 1.1) + (256 << 20)
+    free = shutil.disk_usage(base).free
+    if free < need:
+        raise PgBackupError(
+            f"verifying {backup.label} needs about {need / 2**30:.1f} GiB of scratch space in "
+            f"{base}, which has {free / 2**30:.1f} GiB free: set scratch_dir in the config to "
+            "a filesystem with room (not the repository's, which WAL archiving needs)"
         )
-    record_verification(repo, backup, verdict.ok, verdict.message)
-    return verdict
 
 
 def _fetch_backup_wal(repo: Repository, cluster: str, backup: BaseBackup, into: Path) -> int:

@@ -42,14 +42,24 @@ def take_dump_set(
     date: str,
     log: Log = print,
     lock_wait_s: int = 300,
+    run_lock_wait_s: float = 6 * 3600,
 ) -> DumpSet:
     """Dump every configured database (and the globals) of ``cluster`` as the set for ``date``.
 
     ``lock_wait_s``: how long pg_dump may wait for a table lock (an open ALTER TABLE, say)
-    before it gives up, instead of waiting for ever.
+    before it gives up, instead of waiting for ever. One dump set of a cluster at a time:
+    a second one waits up to ``run_lock_wait_s`` for the first.
     """
-    lock_wait = f"--lock-wait-timeout={lock_wait_s * 1000}"  # milliseconds
     check_date(date)
+    with repo.lock(cluster.name, "logical_dump", run_lock_wait_s, log):
+        repo.sweep_unfinished_sets(dump_prefix(cluster.name), log)
+        return _take_dump_set(repo, cluster, date, log, lock_wait_s)
+
+
+def _take_dump_set(
+    repo: Repository, cluster: ClusterConfig, date: str, log: Log, lock_wait_s: int
+) -> DumpSet:
+    lock_wait = f"--lock-wait-timeout={lock_wait_s * 1000}"  # milliseconds
     facts = server_facts(cluster.dsn)
     databases = cluster.databases or facts.databases
     missing = sorted(set(databases) - set(facts.databases))

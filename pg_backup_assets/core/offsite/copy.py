@@ -134,12 +134,23 @@ def ship_wal(
     return report
 
 
-def wal_pending(repo: Repository, offsite: Repository, cluster: str) -> tuple[int, str | None]:
-    """How many local WAL objects are not offsite, and the newest of them."""
+@dataclass(frozen=True)
+class WalBacklog:
+    pending: int  # local WAL objects not offsite yet
+    newest: str | None  # the newest of them
+    lag_s: float  # how long the oldest of them has waited
+
+
+def wal_pending(repo: Repository, offsite: Repository, cluster: str) -> WalBacklog:
+    """What of the local WAL archive is not offsite yet."""
     prefix = wal_prefix(cluster)
     remote = {o.key for o in offsite.storage.list(prefix)}
-    missing = [o.key for o in repo.storage.list(prefix) if o.key not in remote]
-    return len(missing), (max(missing) if missing else None)
+    missing = [o for o in repo.storage.list(prefix) if o.key not in remote]
+    return WalBacklog(
+        len(missing),
+        max(o.key for o in missing) if missing else None,
+        time.time() - min(o.mtime for o in missing) if missing else 0.0,
+    )
 
 
 def day_set(

@@ -11,8 +11,7 @@ from typing import Any
 from pg_backup_assets.core.config import Config
 from pg_backup_assets.core.errors import ConfigError
 from pg_backup_assets.core.storage.base import Storage
-from pg_backup_assets.core.storage.local import LocalStorage
-from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.storage.repository import Repository, local_storage
 
 
 def offsite_repository(
@@ -27,13 +26,14 @@ def offsite_repository(
         raise ConfigError("no offsite store is configured (config key 'offsite')")
     local = Repository.from_config(config)
     if offsite.path is not None:
-        storage: Storage = LocalStorage(offsite.path)
+        storage: Storage = local_storage(config, offsite.path)
     else:
         from pg_backup_assets.core.storage.s3 import S3Storage
         from pg_backup_assets.core.storage.s3 import s3_client as make_client
 
         s3 = offsite.s3
-        attempts = {"max_attempts": max_attempts} if max_attempts else {}
-        client = s3_client or make_client(s3.endpoint_url, s3.region, **attempts)
+        client = s3_client or make_client(
+            s3.endpoint_url, s3.region, min(max_attempts or s3.max_attempts, s3.max_attempts)
+        )
         storage = S3Storage(client, s3.bucket, s3.prefix, s3.object_lock_days)
     return Repository(storage, local.codec, local.identity_file)

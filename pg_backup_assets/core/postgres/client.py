@@ -16,6 +16,7 @@ from pg_backup_assets.core.errors import CommandError, ConfigError, PgBackupErro
 
 _SECRET_KEYS = ("password", "sslpassword")
 CONNECT_TIMEOUT_S = 10
+INVALID_DSN = "invalid dsn: not a libpq connection string (key=value pairs or a postgresql:// URI)"
 
 
 def split_dsn(dsn: str, **override: str) -> tuple[str, dict[str, str]]:
@@ -28,9 +29,7 @@ def split_dsn(dsn: str, **override: str) -> tuple[str, dict[str, str]]:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         # libpq's message quotes the text around the fault, which may be the password.
-        raise ConfigError(
-            "invalid dsn: not a libpq connection string (key=value pairs or a postgresql:// URI)"
-        ) from None
+        raise ConfigError(INVALID_DSN) from None
     params.update(override)
     env = {"PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S)}
     if params.get("password"):
@@ -53,7 +52,10 @@ def redact_dsn(dsn: str) -> str:
 
 
 def with_dbname(dsn: str, dbname: str) -> str:
-    params = conninfo_to_dict(dsn)
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise ConfigError(INVALID_DSN) from None
     params["dbname"] = dbname
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
 
@@ -61,6 +63,8 @@ def with_dbname(dsn: str, dbname: str) -> str:
 def connect(dsn: str, **kwargs: object) -> psycopg.Connection:
     try:
         return psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, **kwargs)
+    except psycopg.ProgrammingError:
+        raise ConfigError(INVALID_DSN) from None  # libpq's message may quote the password
     except psycopg.OperationalError as exc:
         raise PgBackupError(f"cannot connect to {redact_dsn(dsn)}: {_first_line(exc)}") from None
 

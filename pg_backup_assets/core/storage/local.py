@@ -17,12 +17,26 @@ from pg_backup_assets.core.storage.base import ObjectInfo, check_key, fsync_dir
 
 
 class LocalStorage:
-    """A repository folder on a local (or mounted) filesystem."""
+    """A repository folder on a local (or mounted) filesystem.
+
+    Objects get mode ``files`` and folders ``folders`` (whatever the umask of the process
+    that writes them: PostgreSQL's archive_command runs under the postmaster's 0077), and
+    both go to ``group`` when one is set, so that the postgres user and the Dagster user can
+    share the repository without it being readable by everyone.
+    """
 
     TMP_MARK = ".tmp-"
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        files: int = 0o640,
+        folders: int = 0o750,
+        group: str | None = None,
+    ):
         self.root = Path(root)
+        self.files, self.folders, self.group = files, folders, group
+        self._group_id: int | None = None
 
     def describe(self) -> str:
         return str(self.root)
@@ -35,7 +49,7 @@ class LocalStorage:
         final = self.path(key)
         tmp = final.with_name(f"{final.name}{self.TMP_MARK}{uuid.uuid4().hex[:12]}")
         try:
-            _mkdirs(final.parent)
+            self._mkdirs(final.parent)
             f = open(tmp, "xb")  # noqa: SIM115 - closed below on both paths
         except OSError as exc:
             raise PgBackupError(
@@ -44,6 +58,7 @@ class LocalStorage:
                 "backs up into it, including the postgres user that runs archive_command)"
             ) from None
         try:
+            self._own(f.fileno(), final.parent, self.files, key)
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -64,14 +79,66 @@ class LocalStorage:
         """Move a finished file on the same filesystem into the repository as ``key``
         (fsynced, then renamed: no copy). False when it is on another filesystem."""
         final = self.path(key)
-        _mkdirs(final.parent)
+        self._mkdirs(final.parent)
         if path.stat().st_dev != final.parent.stat().st_dev:
             return False
         with open(path, "rb") as f:
+            self._own(f.fileno(), final.parent, self.files, key)
             os.fsync(f.fileno())
         os.replace(path, final)
         fsync_dir(final.parent)
         return True
+
+    def _gid(self) -> int | None:
+        if self.group is not None and self._group_id is None:
+            import grp
+
+            try:
+                self._group_id = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise PgBackupError(
+                    f"repository_mode.group {self.group!r} is not an OS group here"
+                ) from None
+        return self._group_id
+
+    def _own(self, fd: int, parent: Path, mode: int, what: object) -> None:
+        """Give a new file or folder its mode (whatever the umask) and group. As root, the
+        owner of the folder it is in too: the repository is shared by the postgres OS user
+        (wal-push from archive_command) and whoever runs Dagster."""
+        os.fchmod(fd, mode)
+        uid, gid = -1, self._gid()
+        if os.geteuid() == 0:
+            st = parent.stat()
+            uid, gid = st.st_uid, (st.st_gid if gid is None else gid)
+        if uid == -1 and gid is None:
+            return
+        try:
+            os.fchown(fd, uid, -1 if gid is None else gid)
+        except PermissionError:
+            raise PgBackupError(
+                f"cannot give {what} to group {self.group!r} (as OS user {_whoami()}: it "
+                f"must be a member of {self.group!r})"
+            ) from None
+
+    def _mkdirs(self, path: Path) -> None:
+        """Create missing folders, mode and group as configured, and make their entries
+        durable in their parents."""
+        missing = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir(mode=self.folders)
+            except FileExistsError:
+                continue
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                self._own(fd, d.parent, self.folders, d)
+            finally:
+                os.close(fd)
+            fsync_dir(d.parent)
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -134,25 +201,3 @@ def _whoami() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
-
-
-def _mkdirs(path: Path) -> None:
-    """Create missing folders and make their entries durable in their parents.
-
-    As root, a new folder takes its parent's owner: the repository is shared by the
-    postgres OS user (wal-push from archive_command) and whoever runs Dagster.
-    """
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue
-        if os.geteuid() == 0:
-            st = d.parent.stat()
-            os.chown(d, st.st_uid, st.st_gid)
-        fsync_dir(d.parent)

@@ -8,7 +8,9 @@ durable. An unfinished set is therefore never mistaken for a backup.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pg_backup_assets.core.config import Config
-from pg_backup_assets.core.errors import ConfigError, IntegrityError
+from pg_backup_assets.core.errors import ConfigError, IntegrityError, PgBackupError
+from pg_backup_assets.core.progress import Log
 from pg_backup_assets.core.storage.base import Storage
 from pg_backup_assets.core.storage.codec import (
     Codec,
@@ -58,20 +61,37 @@ class Repository:
         storage: Storage,
         codec: Codec | None = None,
         identity_file: Path | None = None,
+        scratch_dir: Path | None = None,
     ):
         self.storage = storage
         self.codec = codec or Codec()
         self.identity_file = identity_file
+        self.scratch_dir = scratch_dir
         self._identities: list[object] | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> Repository:
         enc = config.encryption
         return cls(
-            LocalStorage(config.repository),
+            local_storage(config, config.repository),
             Codec(recipients=enc.recipients if enc else ()),
             enc.identity_file if enc else None,
+            config.scratch_dir,
         )
+
+    @property
+    def root(self) -> Path:
+        """The repository's folder (the local repository is always a folder)."""
+        root = getattr(self.storage, "root", None)
+        if root is None:
+            raise PgBackupError(f"{self.describe()} is not a local folder")
+        return Path(root)
+
+    def lock(self, cluster: str, operation: str, wait_s: float, log: Log):  # noqa: ANN201
+        """The per-cluster lock for ``operation`` (see core/locks.py)."""
+        from pg_backup_assets.core.locks import cluster_lock  # not on wal-push's path
+
+        return cluster_lock(self.root, cluster, operation, wait_s, log)
 
     def describe(self) -> str:
         return self.storage.describe()
@@ -182,17 +202,46 @@ class Repository:
                 yield info.key, self.get_json(info.key)
 
     @contextlib.contextmanager
-    def staging(self) -> Iterator[Path]:
-        """A scratch folder near the repository (same filesystem when it is local)."""
-        root = getattr(self.storage, "root", None)
-        base = Path(root) / ".staging" if root else None
-        if base:
-            base.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix="pgbackup-", dir=base))
+    def staging(self, scratch: bool = False) -> Iterator[Path]:
+        """A scratch folder in the repository's ``.staging`` (same filesystem: a finished
+        file is renamed in, not copied), or with ``scratch`` in ``scratch_dir`` when one is
+        configured (verification extracts whole backups: not beside the WAL archive).
+
+        The folder is held by an flock while in use; one that nobody holds (its run was
+        killed) is removed the next time a staging folder is made there.
+        """
+        base = self.staging_base(scratch)
+        base.mkdir(parents=True, exist_ok=True)
+        sweep_staging(base)
+        path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=base))
+        fd = os.open(path / IN_USE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+            os.close(fd)
+
+    def staging_base(self, scratch: bool = False) -> Path:
+        """Where ``staging(scratch)`` makes its folders."""
+        if scratch and self.scratch_dir is not None:
+            return self.scratch_dir
+        root = getattr(self.storage, "root", None)
+        return Path(root) / STAGING if root else Path(tempfile.gettempdir())
+
+    def sweep_unfinished_sets(self, prefix: str, log: Log) -> list[str]:
+        """Remove the folders of sets under ``prefix`` (``<prefix><day>/<id>/``) that have no
+        catalog entry: what a killed backup left. Only under the cluster's lock for that
+        kind of backup, when no set of that kind can be in the making."""
+        start = self.root / prefix
+        removed = []
+        for set_dir in sorted(start.glob("*/*")) if start.is_dir() else []:
+            if set_dir.is_dir() and not (set_dir / CATALOG).exists():
+                shutil.rmtree(set_dir)
+                removed.append(f"{prefix}{set_dir.relative_to(start).as_posix()}")
+        for key in removed:
+            log(f"removed {key}: what an interrupted backup left (it has no catalog entry)")
+        return removed
 
     @contextlib.contextmanager
     def new_set(self, prefix: str) -> Iterator[_SetWriter]:
@@ -261,6 +310,36 @@ class _ProcessSink:
     def close(self) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):
             self.proc.stdin.close()
+
+
+STAGING = ".staging"
+STAGING_PREFIX = "pgbackup-"
+IN_USE = ".in-use"
+_STALE_S = 3600  # a staging folder without its lock file is someone's being made, for a while
+
+
+def sweep_staging(base: Path) -> None:
+    """Remove staging folders whose run is gone (nobody holds their flock)."""
+    from pg_backup_assets.core.locks import is_held
+
+    for path in base.glob(f"{STAGING_PREFIX}*"):
+        in_use = path / IN_USE
+        try:
+            stale = (
+                not is_held(in_use)
+                if in_use.exists()
+                else time.time() - path.stat().st_mtime > _STALE_S
+            )
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def local_storage(config: Config, root: Path) -> LocalStorage:
+    """A folder store with the config's repository_mode."""
+    mode = config.repository_mode
+    return LocalStorage(root, mode.files, mode.folders, mode.group)
 
 
 def record_dict(record: ObjectRecord) -> dict[str, Any]:

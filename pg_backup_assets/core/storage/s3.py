@@ -23,8 +23,8 @@ from pg_backup_assets.core.storage.base import ObjectInfo, check_key
 
 PART_SIZE = 16 << 20
 # botocore's own retries ("standard" mode: exponential backoff with jitter, connection
-# errors, throttling and 5xx included). The Dagster S3Resource is built with the same
-# number, so the CLI and the assets retry alike.
+# errors, throttling and 5xx included); offsite.s3.max_attempts in the config, which the
+# Dagster S3Resource is built with too, so the CLI and the assets retry alike.
 MAX_ATTEMPTS = 10
 
 

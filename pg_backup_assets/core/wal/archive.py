@@ -30,7 +30,14 @@ from pg_backup_assets.core.errors import IntegrityError, NotFoundError, PgBackup
 from pg_backup_assets.core.storage.base import fsync_dir
 from pg_backup_assets.core.storage.codec import decode, encode, sha256_of
 from pg_backup_assets.core.storage.repository import Repository
-from pg_backup_assets.core.wal.names import Switch, is_segment_name, parse_history, wal_file_kind
+from pg_backup_assets.core.wal.names import (
+    SegmentHeader,
+    Switch,
+    is_segment_name,
+    parse_history,
+    read_segment_header,
+    wal_file_kind,
+)
 
 
 class ArchiveConflictError(PgBackupError):
@@ -59,8 +66,13 @@ def _folder(cluster: str, name: str, kind: str) -> str:
 def _parse_key(key: str) -> tuple[str, str] | None:
     """(WAL name, raw sha256) from an object key, or None for other files."""
     base = key.rsplit("/", 1)[-1]
-    stem = base.split(".zst", 1)[0]
-    if stem == base or "-" not in stem:
+    if base.endswith(".zst.age"):
+        stem = base[: -len(".zst.age")]
+    elif base.endswith(".zst"):
+        stem = base[: -len(".zst")]
+    else:
+        return None  # not an object of ours: a stray or moved-aside file
+    if "-" not in stem:
         return None
     name, _, digest = stem.rpartition("-")
     if len(digest) != 64:
@@ -99,6 +111,8 @@ def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> str:
         kind = wal_file_kind(name)
     except ValueError as exc:
         raise PgBackupError(f"wal-push: {exc}") from None
+    info = _archive_info(repo, cluster)
+    header = _check_source(src, name, kind, cluster, info)
     existing = find(repo, cluster, name)
     if existing:
         # A retry (PostgreSQL re-runs archive_command after a crash) or a conflict.
@@ -126,14 +140,50 @@ def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> str:
         ) as out,
     ):
         encoded.append(encode(f, out, repo.codec))
-    size = encoded[0].raw_bytes
     if kind == "history":
         _write_history_switches(repo, cluster, name, src)
-    elif kind == "segment" and not repo.storage.exists(_archive_info_key(cluster)):
-        # A segment's size is the server's wal_segment_size: recorded once, so that the
-        # gap checks can name segments when the server is down.
-        repo.put_json(_archive_info_key(cluster), {"segment_size": size})
+    elif header is not None and "system_identifier" not in info:
+        # Recorded once: the segment size lets the gap checks name segments while the
+        # server is down; the system identifier tells this cluster's WAL from another's.
+        repo.put_json(
+            _archive_info_key(cluster),
+            {
+                "segment_size": header.segment_size,
+                "system_identifier": str(header.system_identifier),
+            },
+        )
     return "archived"
+
+
+def _archive_info(repo: Repository, cluster: str) -> dict:
+    key = _archive_info_key(cluster)
+    return repo.get_json(key) if repo.storage.exists(key) else {}
+
+
+def _check_source(
+    src: Path, name: str, kind: str, cluster: str, info: dict
+) -> SegmentHeader | None:
+    """Refuse what is not this cluster's whole WAL segment (``.history`` and ``.backup``
+    files are text and carry no header)."""
+    if kind not in ("segment", "partial"):
+        return None
+    with _open_source(src) as f:
+        head = f.read(64)
+        size = os.fstat(f.fileno()).st_size
+    try:
+        header = read_segment_header(name, head, size)
+    except ValueError as exc:
+        raise PgBackupError(f"wal-push: {exc}; nothing was archived") from None
+    archived_sysid = info.get("system_identifier")
+    if archived_sysid is not None and archived_sysid != str(header.system_identifier):
+        raise PgBackupError(
+            f"wal-push: {name} comes from the cluster with system identifier "
+            f"{header.system_identifier}, but cluster {cluster!r} of this repository has "
+            f"{archived_sysid}: another cluster is archiving under the name {cluster!r} (give "
+            "each cluster its own name in the config), or the cluster was re-initialised "
+            "(archive it under a new name); nothing was archived"
+        )
+    return header
 
 
 def _archive_info_key(cluster: str) -> str:
@@ -142,8 +192,7 @@ def _archive_info_key(cluster: str) -> str:
 
 def recorded_segment_size(repo: Repository, cluster: str) -> int | None:
     """The server's WAL segment size as the first wal-push of a segment recorded it."""
-    key = _archive_info_key(cluster)
-    return repo.get_json(key)["segment_size"] if repo.storage.exists(key) else None
+    return _archive_info(repo, cluster).get("segment_size")
 
 
 def is_segment_object(key: str) -> bool:

@@ -9,6 +9,7 @@ into a "log" part and a "seg" part, where one log holds ``2**32 / segment size``
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -69,6 +70,56 @@ def wal_file_kind(name: str) -> str:
     if BACKUP_RE.match(name):
         return "backup"
     raise ValueError(f"{name!r} is not a WAL file name (segment, .history, .partial or .backup)")
+
+
+# The long page header that starts every WAL segment (access/xlog_internal.h):
+# magic u16, info u16, tli u32, pageaddr u64, rem_len u32 (+4 padding), sysid u64,
+# seg_size u32, xlog_blcksz u32. Native byte order: WAL is not portable across architectures.
+_LONG_HEADER = struct.Struct("=HHIQI4xQII")
+_XLP_LONG_HEADER = 0x0002
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    pageaddr: int
+    system_identifier: int
+    segment_size: int
+
+
+def read_segment_header(name: str, head: bytes, file_size: int) -> SegmentHeader:
+    """Check that a segment (or .partial) file is WAL, whole, and the one its name says.
+
+    ``head``: the file's first bytes (at least 40). ValueError says what is wrong.
+    """
+    if file_size == 0:
+        raise ValueError(f"{name} is empty (0 bytes): not a WAL segment")
+    if len(head) < _LONG_HEADER.size:
+        raise ValueError(f"{name} is {file_size} bytes: too short to be a WAL segment")
+    _magic, info, _tli, pageaddr, _rem, sysid, seg_size, blcksz = _LONG_HEADER.unpack_from(head)
+    if not info & _XLP_LONG_HEADER or blcksz < 1024 or blcksz & (blcksz - 1):
+        raise ValueError(f"{name} does not start with a WAL segment header: not a WAL file")
+    try:
+        check_segment_size(seg_size)
+    except ValueError:
+        raise ValueError(
+            f"{name} does not start with a WAL segment header: not a WAL file"
+        ) from None
+    if file_size != seg_size:
+        raise ValueError(
+            f"{name} is {file_size} bytes, but its header says segments are {seg_size} bytes: "
+            "the file is truncated or damaged"
+        )
+    expected = parse_segment(name[:24], seg_size).segno * seg_size
+    if pageaddr != expected:
+        raise ValueError(
+            f"{name} holds the WAL of {format_lsn(pageaddr)}, not of {format_lsn(expected)} "
+            "as its name says"
+        )
+    return SegmentHeader(pageaddr, sysid, seg_size)
+
+
+def _power_of_two(n: int, low: int, high: int) -> bool:
+    return low <= n <= high and not n & (n - 1)
 
 
 def parse_lsn(text: str) -> int:
@@ -167,20 +218,21 @@ def find_gaps(
     histories: Mapping[int, list[Switch]],
     segment_size: int,
     start_lsn: int | None = None,
+    timeline: int | None = None,
 ) -> GapReport:
     """Find every missing segment between the start and the newest archived segment.
 
-    ``histories`` maps a timeline to its ancestry (``parse_history``). The newest timeline
-    (highest id among segments and histories) is followed back through its ancestry;
-    segments of abandoned timelines are ignored. The range starts at ``start_lsn`` (the
-    oldest retained base backup's start) or, without one, at the oldest archived segment
-    on the path.
+    ``histories`` maps a timeline to its ancestry (``parse_history``). ``timeline`` (the
+    one the live server is on), else the newest (highest id among segments and
+    histories), is followed back through its ancestry; segments of other timelines are
+    ignored. The range starts at ``start_lsn`` (the oldest retained base backup's start)
+    or, without one, at the oldest archived segment on the path.
     """
     segs = [parse_segment(n, segment_size) for n in segment_names]
     timelines = {s.timeline for s in segs} | set(histories)
     if not timelines:
-        return GapReport(1, None, None, 0, [])
-    target = max(timelines)
+        return GapReport(timeline or 1, None, None, 0, [])
+    target = timeline or max(timelines)
     path = list(histories.get(target, []))
     on_path = sorted(
         s for s in segs if s.timeline == timeline_of(s.segno, path, target, segment_size)

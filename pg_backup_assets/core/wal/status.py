@@ -22,6 +22,7 @@ class ArchiverFacts:
     archive_mode: str
     in_recovery: bool
     current_wal: str | None  # the segment being written (None on a standby)
+    timeline: int  # the timeline the server is on
     archived_count: int
     last_archived_wal: str | None
     last_archived_time: float | None
@@ -46,6 +47,11 @@ def archiver_facts(dsn: str) -> ArchiverFacts:
             if in_recovery
             else conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
         )
+        timeline = (
+            int(current[:8], 16)
+            if current
+            else conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0]
+        )
         row = conn.execute(
             "SELECT archived_count, last_archived_wal, extract(epoch FROM last_archived_time), "
             "failed_count, last_failed_wal, extract(epoch FROM last_failed_time), "
@@ -56,6 +62,7 @@ def archiver_facts(dsn: str) -> ArchiverFacts:
         archive_mode=mode,
         in_recovery=in_recovery,
         current_wal=current,
+        timeline=timeline,
         archived_count=row[0],
         last_archived_wal=row[1],
         last_archived_time=float(row[2]) if row[2] is not None else None,
@@ -72,12 +79,15 @@ class Verdict:
     message: str
 
 
-def offsite_wal_freshness(shipped: int, pending: int, lag_s: float, rpo_seconds: int) -> Verdict:
+def offsite_wal_freshness(
+    pending: int, lag_s: float, rpo_seconds: int, shipped: int | None = None
+) -> Verdict:
     """Offsite WAL is fresh while what still waits to go offsite is younger than the RPO."""
+    done = f"shipped {shipped} objects; " if shipped is not None else ""
+    waiting = f"the oldest for {lag_s:.0f}s" if pending else "nothing older"
     return Verdict(
         lag_s <= rpo_seconds,
-        f"shipped {shipped} objects; {pending} still waiting, the oldest for {lag_s:.0f}s "
-        f"(rpo_seconds {rpo_seconds})",
+        f"{done}{pending} WAL objects waiting to go offsite, {waiting} (rpo_seconds {rpo_seconds})",
     )
 
 
@@ -116,11 +126,19 @@ def inspect_archive(
     now = server.now if server else (now or time.time())
 
     gaps = None
+    newest = listing.newest_segment
     if segment_size:
+        # Follow the timeline the server is on: a copy of it that was promoted and archived
+        # a new timeline here (restore --archive-mode preserve) does not take over.
         gaps = find_gaps(
-            (o.name for o in listing.segments), listing.histories, segment_size, start_lsn
+            (o.name for o in listing.segments),
+            listing.histories,
+            segment_size,
+            start_lsn,
+            timeline=server.timeline if server else None,
         )
         contiguous = Verdict(gaps.contiguous, gaps.describe())
+        newest = next((o for o in listing.segments if o.name == gaps.last), None)
     else:
         contiguous = Verdict(
             False,
@@ -128,7 +146,6 @@ def inspect_archive(
             f"({server_error})",
         )
 
-    newest = listing.newest_segment
     newest_age = now - newest.mtime if newest else None
     pending = None
     if server and server.current_wal and segment_size:

@@ -38,6 +38,7 @@ def build_base_backup(c: ClusterContext) -> dg.AssetsDefinition:
             context.partition_key,
             log=context.log.info,
             archive_wait_s=config.timeouts.archive_wait_seconds,
+            lock_wait_s=config.timeouts.run_seconds,
         )
         return dg.MaterializeResult(
             metadata={

@@ -38,6 +38,7 @@ def build_logical_dump(c: ClusterContext) -> dg.AssetsDefinition:
             context.partition_key,
             log=context.log.info,
             lock_wait_s=config.timeouts.lock_wait_seconds,
+            run_lock_wait_s=config.timeouts.run_seconds,
         )
         metadata: dict[str, object] = {
             "size_bytes": dump_set.size_bytes,

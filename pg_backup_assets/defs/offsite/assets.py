@@ -93,7 +93,7 @@ def build_offsite_wal(c: ClusterContext) -> dg.AssetsDefinition:
         report = ship_wal(repo, target, c.name)
         _copy_failed(report)
         rpo = config.cluster(c.name).rpo_seconds
-        fresh = offsite_wal_freshness(report.objects, report.pending, report.lag_s, rpo)
+        fresh = offsite_wal_freshness(report.pending, report.lag_s, rpo, report.objects)
         return dg.MaterializeResult(
             metadata={
                 **_copy_metadata(report, target.describe()),

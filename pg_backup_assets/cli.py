@@ -84,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="what the repository holds")
     info.add_argument("--json", action="store_true", help="machine-readable output")
 
+    rh = sub.add_parser(
+        "rehearse", help="restore the offsite copy into a scratch server and verify it"
+    )
+    rh.add_argument("--week", help="the week's partition key, its Sunday (default: this week)")
+    rh.add_argument("--json", action="store_true", help="the whole report as JSON")
+
+    rb = sub.add_parser("runbook", help="print the emergency restore runbook (Markdown)")
+    rb.add_argument(
+        "--source",
+        choices=["local", "offsite"],
+        default="local",
+        help="read the last rehearsal from the local repository (default) or the offsite store",
+    )
+
     verify = sub.add_parser("verify", help="re-read every object: sha256, decoding, WAL continuity")
     verify.add_argument(
         "--source",
@@ -167,6 +181,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
     from pg_backup_assets.core.base.restore import Target, restore
     from pg_backup_assets.core.config import load_config
+    from pg_backup_assets.core.postgres.client import redact_dsn
     from pg_backup_assets.core.storage.repository import Repository
 
     config = load_config(args.config)
@@ -202,7 +217,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         print(f"  reached           {result.reached_lsn} ({result.stop_reason or 'end of WAL'})")
         print(f"  last transaction  {result.reached_time or 'n/a'}")
         archiving = "off on it" if args.archive_mode == "off" else "as the source's"
-        print(f"  server            {result.server.dsn()}  (archiving: {archiving})")
+        print(f"  server            {redact_dsn(result.dsn())}  (archiving: {archiving})")
         print(f"  stop it with      {result.server.stop_command()}")
     else:
         print(f"  start it with     pg_ctl -D {result.data_dir} start  (it recovers to the target)")
@@ -335,6 +350,67 @@ def _offsite_column(entry: dict) -> str:
     return f"  offsite: {entry['offsite']}" if entry.get("offsite") else ""
 
 
+def _cmd_rehearse(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from pg_backup_assets.core.catalog import check_date
+    from pg_backup_assets.core.config import load_config
+    from pg_backup_assets.core.rehearsal.rehearse import rehearse, week_of
+
+    config = load_config(args.config)
+    cluster = config.cluster(args.cluster).name
+    week = week_of(dt.date.fromisoformat(check_date(args.week)) if args.week else dt.date.today())
+    report = rehearse(config, cluster, week, log=lambda m: print(m, file=sys.stderr))
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2, sort_keys=True)
+        print()
+    else:
+        for t in report.tables + report.dump.get("tables", []):
+            state = "ok" if t["ok"] else "DIFFERS"
+            print(
+                f"  {t['database']}.{t['table']:<40} {t['source_rows']:>12,} "
+                f"{t['copy_rows'] if t['copy_rows'] is not None else 'missing':>12} {state}"
+            )
+        for c in report.checks:
+            print(f"  {c['check']:<14} {'ok' if c['ok'] else 'FAILED'}: {c['detail']}")
+        print(
+            f"RTO {report.rto_s:.1f}s (fetch {report.phases.get('fetch_s', 0):.1f}s, replay "
+            f"{report.phases.get('replay_s', 0):.1f}s); RPO {report.rpo_s:.0f}s"
+        )
+    for p in report.problems:
+        print(f"pgbackup: {p}", file=sys.stderr)
+    return 0 if report.passed else 1
+
+
+def _cmd_runbook(args: argparse.Namespace) -> int:
+    from pg_backup_assets.core.config import load_config
+    from pg_backup_assets.core.rehearsal.runbook import last_passing_report, render_runbook
+    from pg_backup_assets.core.storage.repository import Repository
+
+    config = load_config(args.config)
+    cluster = config.cluster(args.cluster).name
+    if args.source == "offsite":
+        # The local site may be gone: the copy the last passing rehearsal left offsite.
+        from pg_backup_assets.core.errors import NotFoundError
+        from pg_backup_assets.core.offsite.store import offsite_repository
+        from pg_backup_assets.core.rehearsal.runbook import RUNBOOK
+
+        try:
+            with offsite_repository(config).storage.open(f"{cluster}/{RUNBOOK}") as f:
+                print(f.read().decode())
+            return 0
+        except NotFoundError:
+            print(
+                "pgbackup: no rehearsal has passed yet: the runbook below is unproven",
+                file=sys.stderr,
+            )
+            report = None
+    else:
+        report = last_passing_report(Repository.from_config(config), cluster)
+    print(render_runbook(config, cluster, report))
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from pg_backup_assets.core.config import load_config
     from pg_backup_assets.core.storage.repository import Repository
@@ -395,6 +471,8 @@ _COMMANDS = {
     "restore-dump": _cmd_restore_dump,
     "info": _cmd_info,
     "verify": _cmd_verify,
+    "rehearse": _cmd_rehearse,
+    "runbook": _cmd_runbook,
     "restore": _cmd_restore,
     "restore-point": _cmd_restore_point,
     "wal-push": _cmd_wal_push,

@@ -4,10 +4,11 @@ import dagster as dg
 
 from pg_backup_assets.core.config import load_config
 from pg_backup_assets.defs.alerts.sensors import build_alert_sensor
+from pg_backup_assets.defs.base.jobs import restore_to_point_in_time
 from pg_backup_assets.defs.clusters import build_cluster_defs
 from pg_backup_assets.defs.context import cluster_context
 from pg_backup_assets.defs.offsite.sensors import build_offsite_wal_sensor
-from pg_backup_assets.defs.partitions import daily_partitions
+from pg_backup_assets.defs.partitions import daily_partitions, weekly_partitions
 from pg_backup_assets.defs.resources import PgBackupResource, s3_resource
 from pg_backup_assets.defs.schedules import build_jobs
 from pg_backup_assets.defs.wal.sensors import build_wal_archive_sensor
@@ -16,7 +17,8 @@ from pg_backup_assets.defs.wal.sensors import build_wal_archive_sensor
 def build_defs(config_path: str | None = None) -> dg.Definitions:
     config = load_config(config_path)
     daily = daily_partitions(config)
-    contexts = [cluster_context(config, name, daily) for name in config.clusters]
+    weekly = weekly_partitions(daily)
+    contexts = [cluster_context(config, name, daily, weekly) for name in config.clusters]
     jobs = {c.name: build_jobs(c) for c in contexts}
     clusters = dg.Definitions.merge(
         *(build_cluster_defs(c, jobs[c.name], config) for c in contexts)
@@ -41,6 +43,7 @@ def build_defs(config_path: str | None = None) -> dg.Definitions:
     return dg.Definitions.merge(
         clusters,
         dg.Definitions(
+            jobs=[restore_to_point_in_time],
             sensors=sensors,
             resources={
                 "pgbackup": PgBackupResource(config_path=str(config.source)),

@@ -33,6 +33,7 @@ from pg_backup_assets.defs.check_names import (
     BASE_BACKUP_VERIFIED,
     DUMP_RESTORABLE,
     OFFSITE_COPY_MATCHES,
+    REHEARSAL_PASSED,
     THREE_TWO_ONE,
     WAL_ARCHIVE_CONTIGUOUS,
     WAL_ARCHIVE_FRESH,
@@ -206,6 +207,8 @@ class _Story:
     wal_md: dict = field(default_factory=dict)
     orders_recovered: int = 0
     pitr: RestoreResult | None = None
+    rehearsal: dict = field(default_factory=dict)
+    rehearsal_checks: dict = field(default_factory=dict)
 
 
 def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> int:
@@ -224,6 +227,7 @@ def _run(state: Path, cluster: LocalCluster, config_file: Path, t0: float) -> in
     story.wal = _observe_wal_archive(cluster, defs, instance)
     _ship_wal_offsite(defs, instance, story)
     _pitr_from_offsite(config, config_file, state, story)
+    _rehearse_through_dagster(defs, instance, story)
     _print_summary(cluster, config, config_file, story, t0)
     # three_two_one is reported, not required: the demo's offsite store is on this machine.
     return 0 if _all_good(story) else 1
@@ -342,6 +346,30 @@ def _pitr_from_offsite(config, config_file: Path, state: Path, story: _Story) ->
         story.pitr.server.stop()
 
 
+def _rehearse_through_dagster(defs: dg.Definitions, instance, story: _Story) -> None:  # noqa: ANN001
+    """This week's restore rehearsal, as the weekly schedule runs it: from the offsite copy,
+    to a fresh restore point, every table compared with the source."""
+    from pg_backup_assets.core.rehearsal.rehearse import week_of
+
+    key = dg.AssetKey([CLUSTER, "restore_rehearsal"])
+    week = week_of(dt.date.fromisoformat(story.partition))
+    _say(f"materializing {key.to_user_string()} for the week of {week}")
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets(key),
+        partition_key=week,
+        resources=defs.resources,
+        instance=instance,
+        raise_on_error=False,
+        run_config=_INFO_LOGS,
+    )
+    mats = result.asset_materializations_for_node(f"{CLUSTER}__restore_rehearsal")
+    story.rehearsal = {k: v.value for k, v in mats[0].metadata.items()} if mats else {}
+    story.rehearsal_checks = {
+        e.check_name: (e.passed, e.description) for e in result.get_asset_check_evaluations()
+    }
+
+
 def _print_summary(
     cluster: LocalCluster,
     config,
@@ -405,6 +433,28 @@ def _print_summary(
         "restore time (RTO)",
         f"{rto_s:.1f}s = fetch + extract {pitr.fetch_extract_s:.1f}s + replay {pitr.replay_s:.1f}s",
     )
+    r = s.rehearsal
+    if r:
+        _row(
+            "restore rehearsal",
+            f"from the {r['source']} copy to {r.get('restore_point', '?')}: RTO "
+            f"{r['rto_s']:.1f}s (fetch {r['fetch_s']:.1f}s + replay {r['replay_s']:.1f}s), "
+            f"verify {r['verify_s']:.1f}s, dump restore {r['dump_restore_s']:.1f}s, "
+            f"RPO {r['rpo_s']:.0f}s",
+        )
+        for row in r["verdict"].records:
+            d = row.data
+            if d.get("table"):
+                rows = f"{d['copy_rows']:>8,}" if d.get("copy_rows") is not None else " missing"
+                _row(
+                    f"  {d['restore'][:8]}",
+                    f"{d['database']}.{d['table']:<22}{rows} rows  "
+                    f"{'identical' if d['ok'] else 'DIFFERS'} ({d['compared']})",
+                )
+            else:
+                _row(f"  {d['restore']}", f"{'ok' if d['ok'] else 'FAILED'}: {d['compared']}")
+    for name, (passed, description) in s.rehearsal_checks.items():
+        _row(name, _verdict(passed, description))
     _row("total", f"{time.monotonic() - t0:.1f}s")
     print()
     _row("config", str(config_file))
@@ -421,6 +471,7 @@ def _all_good(s: _Story) -> bool:
         and s.wal[WAL_ARCHIVE_CONTIGUOUS][0]
         and s.wal[WAL_ARCHIVE_FRESH][0]
         and s.orders_recovered == s.orders_before
+        and s.rehearsal_checks.get(REHEARSAL_PASSED, (False,))[0]
     )
 
 

@@ -24,6 +24,7 @@ from pg_backup_assets.core.storage.repository import (
 from pg_backup_assets.core.wal.names import format_lsn, parse_lsn
 
 VERIFIED = "verified.json"
+TIERS = "tiers.json"
 GLOBALS = "globals"  # the pg_dumpall --globals-only part of a dump set
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -153,16 +154,39 @@ def find_base_backup(repo: Repository, cluster: str, date: str) -> BaseBackup:
     return found[-1]
 
 
-def verification(repo: Repository, backup: BaseBackup) -> dict[str, Any] | None:
-    """The last verification result of a base backup: {ok, verified_at, detail}, or None."""
-    key = f"{backup.prefix}/{VERIFIED}"
+def set_prefix(catalog_key: str) -> str:
+    """The folder of the backup set whose catalog entry is ``catalog_key``."""
+    return catalog_key.rsplit("/", 1)[0]
+
+
+def verification(repo: Repository, backup: BaseBackup | DumpSet) -> dict[str, Any] | None:
+    """The last verification result of a base backup or dump set: {ok, verified_at,
+    detail}, or None."""
+    key = f"{set_prefix(backup.catalog_key)}/{VERIFIED}"
     return repo.get_json(key) if repo.storage.exists(key) else None
 
 
-def record_verification(repo: Repository, backup: BaseBackup, ok: bool, detail: str) -> None:
+def record_verification(
+    repo: Repository, backup: BaseBackup | DumpSet, ok: bool, detail: str
+) -> None:
     repo.put_json(
-        f"{backup.prefix}/{VERIFIED}", {"ok": ok, "verified_at": time.time(), "detail": detail}
+        f"{set_prefix(backup.catalog_key)}/{VERIFIED}",
+        {"ok": ok, "verified_at": time.time(), "detail": detail},
     )
+
+
+def tiers_of(repo: Repository, catalog_key: str) -> dict[str, str]:
+    """The GFS tiers a backup set was promoted to: tier -> window (e.g. weekly: 2026-11-22)."""
+    key = f"{set_prefix(catalog_key)}/{TIERS}"
+    return repo.get_json(key) if repo.storage.exists(key) else {}
+
+
+def record_tier(repo: Repository, catalog_key: str, tier: str, window: str) -> dict[str, str]:
+    """Add ``tier`` (for ``window``) to a set's tiers; written beside its catalog entry,
+    which is never rewritten."""
+    tiers = {**tiers_of(repo, catalog_key), tier: window}
+    repo.put_json(f"{set_prefix(catalog_key)}/{TIERS}", tiers)
+    return tiers
 
 
 # -- dump sets ---------------------------------------------------------------------------------
@@ -172,6 +196,7 @@ class DumpObject:
     record: ObjectRecord
     duration_s: float
     extensions: dict[str, str] = field(default_factory=dict)
+    tables: dict[str, int] = field(default_factory=dict)  # row counts in the dump's snapshot
 
 
 @dataclass(frozen=True)
@@ -225,6 +250,7 @@ class DumpSet:
                     "database": o.database,
                     "duration_s": o.duration_s,
                     "extensions": o.extensions,
+                    "tables": o.tables,
                     **record_dict(o.record),
                 }
                 for o in self.objects
@@ -249,6 +275,7 @@ class DumpSet:
                     record=ObjectRecord.from_dict(o),
                     duration_s=o["duration_s"],
                     extensions=o.get("extensions", {}),
+                    tables=o.get("tables", {}),
                 )
                 for o in d["objects"]
             ),
@@ -301,8 +328,12 @@ class RestorePoint:
     timeline: int
 
 
+def restore_point_prefix(cluster: str) -> str:
+    return f"{cluster}/restore_points/"
+
+
 def restore_point_key(cluster: str, name: str) -> str:
-    return f"{cluster}/restore_points/{name}.json"
+    return f"{restore_point_prefix(cluster)}{name}.json"
 
 
 def record_restore_point(repo: Repository, cluster: str, point: RestorePoint) -> None:

@@ -89,8 +89,26 @@ class Sensors:
 @dataclass(frozen=True)
 class Schedules:
     daily: str = "30 2 * * *"  # cron of the daily backup run
+    weekly: str = "0 4 * * 0"  # cron of the weekly restore rehearsal (Sunday 04:00)
     timezone: str = "UTC"
     start_date: str | None = None  # the first daily partition; None: see partition_start
+
+
+@dataclass(frozen=True)
+class SmokeQuery:
+    database: str
+    sql: str
+    expect: str  # the first column of the first row, as text
+    cluster: str | None = None  # None: every cluster
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    queries: tuple[SmokeQuery, ...] = ()
+    digests: bool = True  # a content digest per table (a full read of each, source and copy)
+    amcheck: bool = True  # pg_amcheck --heapallindexed on every database of the copy
+    lock_timeout_ms: int = 200  # pinning the reference: how long one table lock may wait
+    lock_attempts: int = 20  # ... and how often to try before comparing by presence only
 
 
 @dataclass(frozen=True)
@@ -121,6 +139,7 @@ class Config:
     schedules: Schedules = field(default_factory=Schedules)
     timeouts: Timeouts = field(default_factory=Timeouts)
     repository_mode: RepositoryMode = field(default_factory=RepositoryMode)
+    rehearsal: Rehearsal = field(default_factory=Rehearsal)
     scratch_dir: Path | None = None  # where verification extracts; default: the repository's
     source: Path | None = None
 
@@ -189,6 +208,7 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
             "timeouts",
             "repository_mode",
             "scratch_dir",
+            "rehearsal",
         },
     )
     base = source.parent if source else Path.cwd()
@@ -218,6 +238,7 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
         schedules=_schedules(top.get("schedules") or {}),
         timeouts=timeouts,
         repository_mode=_repository_mode(top.get("repository_mode") or {}),
+        rehearsal=_rehearsal(top.get("rehearsal") or {}, clusters),
         scratch_dir=_path(top["scratch_dir"], "scratch_dir", base)
         if top.get("scratch_dir")
         else None,
@@ -312,8 +333,9 @@ def _url(value: Any, key: str, secret: bool = False) -> str | None:
 
 def _schedules(value: Any) -> Schedules:
     body = _mapping(value, "schedules")
-    _only(body, "schedules", optional={"daily", "timezone", "start_date"})
+    _only(body, "schedules", optional={"daily", "weekly", "timezone", "start_date"})
     daily = _cron(body.get("daily", Schedules.daily), "schedules.daily")
+    weekly = _cron(body.get("weekly", Schedules.weekly), "schedules.weekly")
     timezone = _str(body.get("timezone", "UTC"), "schedules.timezone")
     try:
         ZoneInfo(timezone)
@@ -334,7 +356,52 @@ def _schedules(value: Any) -> Schedules:
             dt.date.fromisoformat(start)
         except ValueError:
             raise ConfigError(f"config key 'schedules.start_date': no such day {start!r}") from None
-    return Schedules(daily=daily, timezone=timezone, start_date=start)
+    return Schedules(daily=daily, weekly=weekly, timezone=timezone, start_date=start)
+
+
+def _rehearsal(value: Any, clusters: dict[str, ClusterConfig]) -> Rehearsal:
+    body = _mapping(value, "rehearsal")
+    _only(
+        body,
+        "rehearsal",
+        optional={"queries", "digests", "amcheck", "lock_timeout_ms", "lock_attempts"},
+    )
+    queries = []
+    raw = body.get("queries") or []
+    if not isinstance(raw, list):
+        raise ConfigError("config key 'rehearsal.queries': expected a list")
+    for i, q in enumerate(raw):
+        key = f"rehearsal.queries[{i}]"
+        q = _mapping(q, key)
+        _only(q, key, required={"database", "sql", "expect"}, optional={"cluster"})
+        cluster = _opt_str(q.get("cluster"), f"{key}.cluster")
+        if cluster is not None and cluster not in clusters:
+            raise ConfigError(f"config key '{key}.cluster': no cluster {cluster!r} is configured")
+        expect = q["expect"]
+        if isinstance(expect, bool):
+            expect = "t" if expect else "f"  # PostgreSQL's text for a boolean
+        queries.append(
+            SmokeQuery(
+                _str(q["database"], f"{key}.database"),
+                _str(q["sql"], f"{key}.sql"),
+                str(expect),
+                cluster,
+            )
+        )
+    flags = {}
+    for flag in ("digests", "amcheck"):
+        if flag in body:
+            if not isinstance(body[flag], bool):
+                raise ConfigError(f"config key 'rehearsal.{flag}': expected true or false")
+            flags[flag] = body[flag]
+    return Rehearsal(
+        queries=tuple(queries),
+        lock_timeout_ms=_positive_int(
+            body.get("lock_timeout_ms", 200), "rehearsal.lock_timeout_ms"
+        ),
+        lock_attempts=_positive_int(body.get("lock_attempts", 20), "rehearsal.lock_attempts"),
+        **flags,
+    )
 
 
 _CRON_FIELDS = (

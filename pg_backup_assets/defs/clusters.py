@@ -14,13 +14,23 @@ from pg_backup_assets.defs.offsite.assets import (
     build_offsite_wal,
 )
 from pg_backup_assets.defs.offsite.checks import build_offsite_checks
-from pg_backup_assets.defs.schedules import ClusterJobs, build_daily_schedule
+from pg_backup_assets.defs.rehearsal.assets import build_restore_rehearsal
+from pg_backup_assets.defs.schedules import (
+    ClusterJobs,
+    build_daily_schedule,
+    build_weekly_schedule,
+)
 from pg_backup_assets.defs.wal.assets import build_wal_archive
 from pg_backup_assets.defs.wal.checks import build_wal_archive_checks
 
 
 def build_cluster_defs(c: ClusterContext, jobs: ClusterJobs, config: Config) -> dg.Definitions:
-    assets = [build_logical_dump(c), build_base_backup(c), build_wal_archive(c)]
+    assets = [
+        build_logical_dump(c),
+        build_base_backup(c),
+        build_wal_archive(c),
+        build_restore_rehearsal(c),
+    ]
     checks = [build_dump_restorable(c), build_base_backup_verified(c), build_wal_archive_checks(c)]
     if c.offsite:
         assets += [build_offsite_dump(c), build_offsite_base_backup(c), build_offsite_wal(c)]
@@ -29,5 +39,8 @@ def build_cluster_defs(c: ClusterContext, jobs: ClusterJobs, config: Config) -> 
         assets=assets,
         asset_checks=checks,
         jobs=jobs.all(),
-        schedules=[build_daily_schedule(c, jobs.daily_backup, config.schedules)],
+        schedules=[
+            build_daily_schedule(c, jobs.daily_backup, config.schedules),
+            build_weekly_schedule(c, jobs.restore_rehearsal, config.schedules),
+        ],
     )

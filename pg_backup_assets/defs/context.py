@@ -15,7 +15,9 @@ class ClusterContext:
     name: str  # as in the config: the asset key prefix and the repository folder
     group: str  # the same as Dagster's group and job names allow it
     daily: dg.PartitionsDefinition
+    weekly: dg.PartitionsDefinition
     daily_freshness: dg.FreshnessPolicy
+    weekly_freshness: dg.FreshnessPolicy
     offsite: bool
     run_tags: dict[str, str]
 
@@ -23,23 +25,29 @@ class ClusterContext:
         return dg.AssetKey([self.name, asset])
 
 
-def cluster_context(config: Config, name: str, daily: dg.PartitionsDefinition) -> ClusterContext:
+def cluster_context(
+    config: Config,
+    name: str,
+    daily: dg.PartitionsDefinition,
+    weekly: dg.PartitionsDefinition,
+) -> ClusterContext:
     run_s = config.timeouts.run_seconds
     return ClusterContext(
         name=name,
         group=dagster_name(name),
         daily=daily,
-        daily_freshness=daily_freshness(run_s),
+        weekly=weekly,
+        daily_freshness=freshness(dt.timedelta(days=1), run_s),
+        weekly_freshness=freshness(dt.timedelta(days=7), run_s),
         offsite=config.offsite is not None,
         run_tags={CLUSTER_TAG: name, "dagster/max_runtime": str(run_s)},
     )
 
 
-def daily_freshness(run_seconds: int) -> dg.FreshnessPolicy:
-    """A daily backup is stale once a day and a run's longest allowed time have passed
-    since it last succeeded; a warning comes halfway into that grace."""
-    day = dt.timedelta(days=1)
+def freshness(cadence: dt.timedelta, run_seconds: int) -> dg.FreshnessPolicy:
+    """Stale once its cadence and a run's longest allowed time have passed since it last
+    succeeded; a warning comes halfway into that grace."""
     return dg.FreshnessPolicy.time_window(
-        fail_window=day + dt.timedelta(seconds=run_seconds),
-        warn_window=day + dt.timedelta(seconds=max(run_seconds // 2, 60)),
+        fail_window=cadence + dt.timedelta(seconds=run_seconds),
+        warn_window=cadence + dt.timedelta(seconds=max(run_seconds // 2, 60)),
     )

@@ -26,6 +26,15 @@ def daily_partitions(config: Config) -> dg.DailyPartitionsDefinition:
     )
 
 
+def weekly_partitions(daily: dg.DailyPartitionsDefinition) -> dg.WeeklyPartitionsDefinition:
+    """Weeks from Sunday, the week of the first daily partition first, today's included."""
+    first = daily.start.date()
+    sunday = first - dt.timedelta(days=(first.weekday() + 1) % 7)
+    return dg.WeeklyPartitionsDefinition(
+        start_date=sunday.isoformat(), timezone=daily.timezone, end_offset=1
+    )
+
+
 def today(config: Config) -> str:
     return dt.datetime.now(ZoneInfo(config.schedules.timezone)).date().isoformat()
 

@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from pg_backup_assets.core.config import Schedules
+from pg_backup_assets.core.rehearsal.rehearse import week_of
 from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.jobs import AssetJob
 
@@ -19,9 +20,11 @@ class ClusterJobs:
     daily_backup: AssetJob  # dumps + base backup + offsite copies
     base_backup: AssetJob  # base backup + its offsite copy
     offsite_wal: AssetJob | None
+    restore_rehearsal: AssetJob
 
     def all(self) -> list[AssetJob]:
-        return [j for j in (self.daily_backup, self.base_backup, self.offsite_wal) if j]
+        jobs = (self.daily_backup, self.base_backup, self.offsite_wal, self.restore_rehearsal)
+        return [j for j in jobs if j]
 
 
 def build_jobs(c: ClusterContext) -> ClusterJobs:
@@ -52,6 +55,11 @@ def build_jobs(c: ClusterContext) -> ClusterJobs:
         )
         if c.offsite
         else None,
+        restore_rehearsal=job(
+            "restore_rehearsal",
+            ["restore_rehearsal"],
+            f"The weekly restore rehearsal of {c.name}, from the offsite copy.",
+        ),
     )
 
 
@@ -79,3 +87,28 @@ def build_daily_schedule(
         return dg.RunRequest(run_key=day, partition_key=day)
 
     return daily_backup_schedule
+
+
+def build_weekly_schedule(
+    c: ClusterContext, job: AssetJob, schedules: Schedules
+) -> dg.ScheduleDefinition:
+    tz = ZoneInfo(schedules.timezone)
+    first_week = c.weekly.start.date().isoformat()
+
+    @dg.schedule(
+        name=f"{c.group}_restore_rehearsal_schedule",
+        cron_schedule=schedules.weekly,
+        execution_timezone=schedules.timezone,
+        job=job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Rehearses a restore of {c.name} into the partition of the week it runs.",
+    )
+    def restore_rehearsal_schedule(
+        context: dg.ScheduleEvaluationContext,
+    ) -> dg.RunRequest | dg.SkipReason:
+        week = week_of(context.scheduled_execution_time.astimezone(tz).date())
+        if week < first_week:
+            return dg.SkipReason(f"the week of {week} is before the first partition")
+        return dg.RunRequest(run_key=f"rehearsal:{week}", partition_key=week)
+
+    return restore_rehearsal_schedule

@@ -144,11 +144,20 @@ def test_demo_runs_end_to_end(workdir):
         "wal_archive_contiguous",
         "wal_archive_fresh",
         "offsite_copy_matches",
+        "rehearsal_passed",
+        "rto_within_target",
+        "rpo_within_target",
     ):
         assert "PASSED" in lines[check], lines[check]
     # Honest: the demo's offsite store (a local S3 endpoint) is on this machine.
     assert "FAILED" in lines["three_two_one"] and "on this machine" in lines["three_two_one"]
-    assert proc.stdout.count("identical") == 3
+    # restore-dump: 3 tables; the rehearsal: 3 physical and 3 logical, all identical.
+    out = proc.stdout.splitlines()
+    rehearsed = [line for line in out if line.startswith(("  physical", "  logical"))]
+    assert len(rehearsed) == 6 and all("identical" in line for line in rehearsed)
+    assert sum(1 for line in out if line.endswith("rows  identical")) == 3
+    assert "DIFFERS" not in proc.stdout
+    assert any(line.startswith("restore rehearsal       from the offsite copy") for line in out)
     assert "orders are back (all of them)" in lines["PITR"]
     assert "from offsite" in lines["PITR"]
     # The run is recorded in the persistent instance the UI reads.

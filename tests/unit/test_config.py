@@ -242,3 +242,37 @@ def test_cluster_names_dagster_cannot_tell_apart_are_refused():
     assert list(config.clusters) == ["prod-eu"]
     message = error_of("repository: r\nclusters: {prod-eu: {dsn: x}, prod_eu: {dsn: y}}\n")
     assert "'clusters.prod_eu'" in message and "'prod_eu'" in message
+
+
+def test_rehearsal_settings_are_read_and_checked():
+    config = parse(
+        BASE
+        + "rehearsal:\n  digests: false\n  lock_attempts: 3\n  queries:\n"
+        + "    - {database: app, sql: 'SELECT count(*) > 0 FROM orders', expect: true}\n"
+        + "    - {database: app, sql: 'SELECT 1', expect: 1, cluster: main}\n"
+        + "schedules: {weekly: '15 3 * * 6'}\n"
+    )
+    r = config.rehearsal
+    assert (r.digests, r.amcheck, r.lock_attempts, r.lock_timeout_ms) == (False, True, 3, 200)
+    assert [(q.database, q.expect, q.cluster) for q in r.queries] == [
+        ("app", "t", None),
+        ("app", "1", "main"),
+    ]
+    assert config.schedules.weekly == "15 3 * * 6"
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (
+            "rehearsal: {queries: [{database: app, sql: 'SELECT 1'}]}",
+            "'rehearsal.queries[0].expect'",
+        ),
+        ("rehearsal: {queries: [{database: a, sql: s, expect: 1, cluster: x}]}", "cluster"),
+        ("rehearsal: {digests: maybe}", "'rehearsal.digests'"),
+        ("rehearsal: {lock_attempts: 0}", "'rehearsal.lock_attempts'"),
+        ("schedules: {weekly: 'every sunday'}", "'schedules.weekly'"),
+    ],
+)
+def test_bad_rehearsal_settings_are_named(extra, named):
+    assert named in error_of(BASE + extra + "\n")

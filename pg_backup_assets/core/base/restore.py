@@ -21,7 +21,7 @@ import pyrage
 from pg_backup_assets.core.catalog import BaseBackup, find_restore_point, list_base_backups
 from pg_backup_assets.core.config import ClusterConfig
 from pg_backup_assets.core.errors import CommandError, IntegrityError, NotFoundError, PgBackupError
-from pg_backup_assets.core.postgres.client import bindir
+from pg_backup_assets.core.postgres.client import bindir, dsn_at
 from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over_tree
 from pg_backup_assets.core.progress import Log, ProgressLog
 from pg_backup_assets.core.storage.codec import HashingReader
@@ -125,6 +125,14 @@ class RestoreResult:
     stop_reason: str | None = None
     server: LocalCluster | None = None
     phases: dict[str, float] = field(default_factory=dict)
+    cluster_dsn: str = ""  # the source's DSN: its user and credentials reach the copy too
+
+    def dsn(self, dbname: str | None = None) -> str:
+        """How to reach the started copy: the source's user and password (the copy has the
+        source's roles and pg_hba.conf), on the copy's loopback port."""
+        if self.server is None:
+            raise PgBackupError("the restored copy was not started")
+        return dsn_at(self.cluster_dsn, self.server.port, dbname)
 
 
 def restore(
@@ -203,11 +211,14 @@ def restore(
     os.chmod(to, 0o700)
     # What tar wrote sits in the page cache: make it durable before saying "restored".
     subprocess.run(["sync", "-f", str(to)], check=False)
-    result = RestoreResult(backup, target, to, fetch_extract_s)
+    result = RestoreResult(backup, target, to, fetch_extract_s, cluster_dsn=cluster.dsn)
     result.phases["fetch_extract_s"] = fetch_extract_s
     log(f"extracted in {fetch_extract_s:.1f}s; recovery settings written to postgresql.auto.conf")
     if start:
-        _start_and_wait(result, config_path, log, timeout_s, s3_env)
+        root = getattr(repo.storage, "root", None)
+        # A folder store: the restored server's OS user reads WAL from it (every folder).
+        folders = list(Path(root).joinpath(cluster.name, "wal").glob("**/")) if root else []
+        _start_and_wait(result, config_path, log, timeout_s, s3_env, folders)
     return result
 
 
@@ -408,7 +419,12 @@ _AWS_ENV = (
 
 
 def _start_and_wait(
-    result: RestoreResult, config_path: Path, log: Log, timeout_s: float, s3_env: bool
+    result: RestoreResult,
+    config_path: Path,
+    log: Log,
+    timeout_s: float,
+    s3_env: bool,
+    wal_folders: list[Path],
 ) -> None:
     to = result.data_dir
     server = LocalCluster(to.parent / f".{to.name}.run", major=result.backup.pg_major, data=to)
@@ -417,23 +433,33 @@ def _start_and_wait(
         raise PgBackupError(
             f"the server's OS user cannot read {config_path}, which its restore_command needs"
         )
+    folder = server.unreadable_folder(wal_folders)
+    if folder is not None:
+        raise PgBackupError(
+            f"the server's OS user cannot read {folder}, where its restore_command fetches "
+            "WAL: give it access (repository_mode.group, with that user in the group)"
+        )
     log(f"starting the restored server on port {server.port} (log: {server.logfile})")
     t0 = time.monotonic()
     try:
         aws = {k: os.environ[k] for k in _AWS_ENV if s3_env and k in os.environ}
         server.start(timeout=int(timeout_s), env=aws)
+        copy = dsn_at(result.cluster_dsn, server.port)
         deadline = time.monotonic() + timeout_s
         while True:
-            with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            with psycopg.connect(copy, autocommit=True, connect_timeout=10) as conn:
                 if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                     lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
                     break
             if time.monotonic() > deadline:
                 raise PgBackupError(f"recovery did not finish within {timeout_s:.0f}s")
             time.sleep(0.2)
-    except (PgBackupError, OSError, psycopg.Error) as exc:
-        # Recovery may end in FATAL after the server first accepted connections.
+    except BaseException as exc:
+        # Recovery may end in FATAL after the server first accepted connections; and an
+        # interrupted restore must not leave a server running that nobody knows of.
         server.stop(mode="immediate")
+        if not isinstance(exc, (PgBackupError, OSError, psycopg.Error)):
+            raise
         log_text = server.logfile.read_text(errors="replace") if server.logfile.exists() else ""
         missing = _MISSING_RE.findall(log_text)
         if "recovery ended before configured recovery target was reached" in log_text:

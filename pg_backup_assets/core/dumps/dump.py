@@ -14,16 +14,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import psycopg
+
 from pg_backup_assets.core.catalog import (
     GLOBALS,
     DumpObject,
     DumpSet,
     check_date,
     dump_prefix,
+    record_verification,
 )
 from pg_backup_assets.core.config import ClusterConfig
 from pg_backup_assets.core.errors import CommandError, PgBackupError
 from pg_backup_assets.core.postgres.client import (
+    connect,
     extensions,
     redact_dsn,
     server_facts,
@@ -31,6 +35,7 @@ from pg_backup_assets.core.postgres.client import (
     tool,
     with_dbname,
 )
+from pg_backup_assets.core.postgres.tables import table_state, user_tables
 from pg_backup_assets.core.progress import Log, ProgressLog
 from pg_backup_assets.core.storage.codec import Discard
 from pg_backup_assets.core.storage.repository import Repository
@@ -77,20 +82,35 @@ def _take_dump_set(
             db_dsn = with_dbname(cluster.dsn, db)
             exts = extensions(db_dsn)
             conninfo, env = split_dsn(db_dsn)
-            # -Z0: pg_dump's own compression off; zstd in the codec does it better.
-            args = [tool("pg_dump", facts.major), "-Fc", "-Z0", lock_wait, "--no-password"]
-            args += ["-d", conninfo]
             t0 = time.monotonic()
-            try:
-                record = _stream_command(writer, f"{db}.dump", args, env, f"pg_dump of {db}", log)
-            except CommandError as exc:
-                raise _lock_wait_error(exc, db, lock_wait_s) from None
+            # pg_dump runs in a snapshot exported by a transaction that counts every table's
+            # rows in that same snapshot: what a restore of the dump must hold, exactly.
+            with connect(db_dsn) as snap:
+                snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                snap.read_only = True
+                snap.execute(f"SET lock_timeout = {lock_wait_s * 1000}")
+                snapshot = snap.execute("SELECT pg_export_snapshot()").fetchone()[0]
+                # -Z0: pg_dump's own compression off; zstd in the codec does it better.
+                args = [tool("pg_dump", facts.major), "-Fc", "-Z0", lock_wait, "--no-password"]
+                args += [f"--snapshot={snapshot}", "-d", conninfo]
+                try:
+                    record = _stream_command(
+                        writer, f"{db}.dump", args, env, f"pg_dump of {db}", log
+                    )
+                    counts = {t: table_state(snap, t, digest=False).rows for t in user_tables(snap)}
+                except CommandError as exc:
+                    raise _lock_wait_error(exc, db, lock_wait_s) from None
+                except psycopg.errors.LockNotAvailable:
+                    raise CommandError(
+                        f"counting the rows of {db} waited {lock_wait_s}s "
+                        "(timeouts.lock_wait_seconds) for a table lock and gave up"
+                    ) from None
             elapsed = time.monotonic() - t0
             log(
                 f"dumped {db}: {record.raw_bytes} bytes -> {record.stored_bytes} stored "
-                f"in {elapsed:.1f}s"
+                f"in {elapsed:.1f}s ({len(counts)} tables, {sum(counts.values()):,} rows)"
             )
-            objects.append(DumpObject(db, record, elapsed, exts))
+            objects.append(DumpObject(db, record, elapsed, exts, counts))
         conninfo, env = split_dsn(cluster.dsn)
         args = [tool("pg_dumpall", facts.major), "--globals-only", lock_wait, "--no-password"]
         args += ["-d", conninfo]
@@ -154,7 +174,8 @@ class ObjectVerdict:
 
 
 def check_restorable(repo: Repository, dump_set: DumpSet) -> list[ObjectVerdict]:
-    """Decrypt/decompress every object of the set; ``pg_restore --list`` each database dump."""
+    """Decrypt/decompress every object of the set; ``pg_restore --list`` each database dump.
+    The verdict is recorded beside the set."""
     verdicts = []
     for obj in dump_set.objects:
         try:
@@ -183,4 +204,7 @@ def check_restorable(repo: Repository, dump_set: DumpSet) -> list[ObjectVerdict]
             )
         except PgBackupError as exc:
             verdicts.append(ObjectVerdict(obj.database, False, str(exc)))
+    failed = [v.message for v in verdicts if not v.ok]
+    # Recorded beside the set, as for base backups: retention promotes verified sets only.
+    record_verification(repo, dump_set, not failed, "; ".join(failed) or "every object read back")
     return verdicts

@@ -10,7 +10,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pg_backup_assets.core.catalog import find_base_backup, find_dump_set, verification
+from pg_backup_assets.core.catalog import (
+    find_base_backup,
+    find_dump_set,
+    restore_point_prefix,
+    verification,
+)
 from pg_backup_assets.core.errors import IntegrityError, NotFoundError
 from pg_backup_assets.core.storage.base import CHUNK, Storage
 from pg_backup_assets.core.storage.codec import sha256_of
@@ -109,14 +114,26 @@ class WalShipReport(CopyReport):
 
 
 def ship_wal(
-    repo: Repository, offsite: Repository, cluster: str, limit: int = 1000
+    repo: Repository,
+    offsite: Repository,
+    cluster: str,
+    limit: int = 1000,
+    lock_wait_s: float = 3600,
 ) -> WalShipReport:
-    """Copy WAL objects (and timeline/segment-size records) not yet offsite, oldest first."""
-    prefix = wal_prefix(cluster)
+    """Copy WAL objects (and timeline/segment-size records, and restore points) not yet
+    offsite, oldest first. One shipper per cluster at a time (the offsite WAL run and a
+    rehearsal may both ship): two uploads of one key would abort each other."""
+    with repo.lock(cluster, "offsite_wal", lock_wait_s, lambda m: None):
+        return _ship_wal(repo, offsite, cluster, limit)
+
+
+def _ship_wal(repo: Repository, offsite: Repository, cluster: str, limit: int) -> WalShipReport:
     report = WalShipReport()
     t0 = time.monotonic()
-    local = {o.key: o for o in repo.storage.list(prefix)}
-    remote = {o.key for o in offsite.storage.list(prefix)}
+    local, remote = {}, set()
+    for prefix in (wal_prefix(cluster), restore_point_prefix(cluster)):
+        local.update({o.key: o for o in repo.storage.list(prefix)})
+        remote.update(o.key for o in offsite.storage.list(prefix))
     todo = sorted((o for k, o in local.items() if k not in remote), key=lambda o: o.key)
     segment_size = recorded_segment_size(repo, cluster) or 0
     shipped = []

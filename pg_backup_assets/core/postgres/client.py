@@ -51,6 +51,17 @@ def redact_dsn(dsn: str) -> str:
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
 
 
+def dsn_at(dsn: str, port: int, dbname: str | None = None, host: str = "127.0.0.1") -> str:
+    """``dsn``'s user and credentials, pointed at another server (a restored copy)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise ConfigError(INVALID_DSN) from None
+    params.pop("hostaddr", None)
+    params.update(host=host, port=str(port), **({"dbname": dbname} if dbname else {}))
+    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+
+
 def with_dbname(dsn: str, dbname: str) -> str:
     try:
         params = conninfo_to_dict(dsn)

@@ -151,6 +151,14 @@ class LocalCluster:
         """Can the server's OS account read ``path`` (e.g. restore_command's config)?"""
         return as_server_user(["test", "-r", str(path)], check=False).returncode == 0
 
+    def unreadable_folder(self, folders: list[Path]) -> Path | None:
+        """The first of ``folders`` the server's OS account cannot list, if any (one spawn)."""
+        if not folders:
+            return None
+        script = 'for p; do [ -r "$p" ] && [ -x "$p" ] || { printf %s "$p"; exit 1; }; done'
+        proc = as_server_user(["sh", "-c", script, "sh", *map(str, folders)], check=False)
+        return Path(proc.stdout) if proc.returncode else None
+
     def configure(self, settings: Mapping[str, str]) -> None:
         """Append settings to postgresql.conf (later lines win); takes effect at (re)start."""
         base = {

@@ -1,0 +1,1 @@
+"""Restore rehearsals: restore the offsite copy for real, verify it, measure RTO and RPO."""

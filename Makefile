@@ -55,3 +55,9 @@ bench-base: setup
 .PHONY: bench-s3
 bench-s3: setup
 	$(BIN)/python bench/s3_upload.py $(BENCH_ARGS)
+
+# Planning retention over 10 years of daily backups, and 10x and 100x that (pure
+# computation, a few minutes; writes BENCHMARKS.md). See bench/README.md.
+.PHONY: bench-retention
+bench-retention: setup
+	$(BIN)/python bench/retention.py $(BENCH_ARGS)

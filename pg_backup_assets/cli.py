@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
         help="read the last rehearsal from the local repository (default) or the offsite store",
     )
 
+    ex = sub.add_parser("expire", help="apply (or show) the GFS retention plan")
+    ex.add_argument("--dry-run", action="store_true", help="show the plan; delete nothing")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
+
     verify = sub.add_parser("verify", help="re-read every object: sha256, decoding, WAL continuity")
     verify.add_argument(
         "--source",
@@ -314,7 +318,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         from pg_backup_assets.core.offsite.store import offsite_repository
 
         offsite = offsite_repository(config, max_attempts=2)  # a look, not a transfer
-    doc = repository_info(Repository.from_config(config), names, offsite)
+    doc = repository_info(
+        Repository.from_config(config), names, offsite, daily=config.retention.daily
+    )
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         print()
@@ -334,7 +340,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             state = "verified" if b["verified"] else "NOT verified"
             print(
                 f"    {b['label']}  {b['start_lsn']}..{b['stop_lsn']} tl {b['timeline']}  "
-                f"{b['size_bytes']:>14,} bytes  {b['tier']}  {state}" + _offsite_column(b)
+                f"{b['size_bytes']:>14,} bytes  {_tiers_column(b)}  {state}" + _offsite_column(b)
             )
         wal = c["wal"]
         span = f" ({wal['first']} .. {wal['last']})" if wal["first"] else ""
@@ -344,6 +350,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for first, last in wal["gaps"]:
             print(f"    GAP: {first} .. {last} missing")
     return 0
+
+
+def _tiers_column(backup: dict) -> str:
+    tiers = backup.get("tiers") or {}
+    return ", ".join(f"{t} {w}" for t, w in sorted(tiers.items())) or "daily"
 
 
 def _offsite_column(entry: dict) -> str:
@@ -411,6 +422,66 @@ def _cmd_runbook(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_expire(args: argparse.Namespace) -> int:
+    from pg_backup_assets.core.config import load_config
+    from pg_backup_assets.core.retention.expire import expire
+
+    config = load_config(args.config)
+    names = [config.cluster(args.cluster).name] if args.cluster else sorted(config.clusters)
+    docs = {}
+    for name in names:
+        report = expire(config, name, args.dry_run, log=lambda m: print(m, file=sys.stderr))
+        p = report.plan
+        docs[name] = {
+            "dry_run": args.dry_run,
+            "halted": p.halted,
+            "backups": [
+                {
+                    "kind": d.backup.kind,
+                    "date": d.backup.date,
+                    "label": d.backup.label,
+                    "tiers": d.backup.tiers,
+                    "keep": d.keep,
+                    "reasons": d.reasons,
+                    "size_bytes": d.backup.size_bytes,
+                }
+                for d in p.decisions
+            ],
+            "wal": [
+                {
+                    "first": r.first,
+                    "last": r.last,
+                    "objects": r.objects,
+                    "bytes": r.bytes,
+                    "keep": r.keep,
+                    "reason": r.reason,
+                }
+                for r in p.wal
+            ],
+            "freed_bytes": report.freed,
+            "swept": report.swept,
+        }
+        if args.json:
+            continue
+        print(f"cluster {name}" + (" (dry run: nothing is deleted)" if args.dry_run else ""))
+        if p.halted:
+            print(f"  {p.halted}")
+        for d in sorted(p.decisions, key=lambda d: (d.backup.date, d.backup.kind), reverse=True):
+            state = "keep  " if d.keep else "EXPIRE"
+            print(
+                f"  {state} {d.backup.date} {d.backup.kind:<4} {d.backup.label:<40} "
+                f"{'; '.join(d.reasons)}"
+            )
+        for r in p.wal:
+            state = "keep  " if r.keep else "EXPIRE"
+            print(f"  {state} WAL {r.first}..{r.last} ({r.objects} objects): {r.reason}")
+        print(f"  freed: {report.freed['local']:,} bytes here, {report.freed['offsite']:,} offsite")
+    if args.json:
+        json.dump({"clusters": docs}, sys.stdout, indent=2, sort_keys=True)
+        print()
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from pg_backup_assets.core.config import load_config
     from pg_backup_assets.core.storage.repository import Repository
@@ -427,7 +498,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             from pg_backup_assets.core.offsite.store import offsite_repository
 
             repo = offsite_repository(config)
-        verify_repository(repo, source, names, lambda m: print(m, file=sys.stderr), report)
+        verify_repository(
+            repo,
+            source,
+            names,
+            lambda m: print(m, file=sys.stderr),
+            report,
+            daily=config.retention.daily,
+        )
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2, sort_keys=True)
         print()
@@ -471,6 +549,7 @@ _COMMANDS = {
     "restore-dump": _cmd_restore_dump,
     "info": _cmd_info,
     "verify": _cmd_verify,
+    "expire": _cmd_expire,
     "rehearse": _cmd_rehearse,
     "runbook": _cmd_runbook,
     "restore": _cmd_restore,

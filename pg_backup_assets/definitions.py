@@ -8,7 +8,11 @@ from pg_backup_assets.defs.base.jobs import restore_to_point_in_time
 from pg_backup_assets.defs.clusters import build_cluster_defs
 from pg_backup_assets.defs.context import cluster_context
 from pg_backup_assets.defs.offsite.sensors import build_offsite_wal_sensor
-from pg_backup_assets.defs.partitions import daily_partitions, weekly_partitions
+from pg_backup_assets.defs.partitions import (
+    daily_partitions,
+    tier_partitions,
+    weekly_partitions,
+)
 from pg_backup_assets.defs.resources import PgBackupResource, s3_resource
 from pg_backup_assets.defs.schedules import build_jobs
 from pg_backup_assets.defs.wal.sensors import build_wal_archive_sensor
@@ -18,7 +22,8 @@ def build_defs(config_path: str | None = None) -> dg.Definitions:
     config = load_config(config_path)
     daily = daily_partitions(config)
     weekly = weekly_partitions(daily)
-    contexts = [cluster_context(config, name, daily, weekly) for name in config.clusters]
+    tiers = tier_partitions(daily)
+    contexts = [cluster_context(config, n, daily, weekly, tiers) for n in config.clusters]
     jobs = {c.name: build_jobs(c) for c in contexts}
     clusters = dg.Definitions.merge(
         *(build_cluster_defs(c, jobs[c.name], config) for c in contexts)

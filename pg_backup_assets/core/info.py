@@ -11,16 +11,21 @@ from pg_backup_assets.core.catalog import (
     BaseBackup,
     list_base_backups,
     list_dump_sets,
+    tiers_of,
     verification,
 )
 from pg_backup_assets.core.errors import PgBackupError
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.wal.archive import list_archive
-from pg_backup_assets.core.wal.names import find_gaps, format_lsn
+from pg_backup_assets.core.wal.names import format_lsn
+from pg_backup_assets.core.wal.status import archive_gaps
 
 
 def repository_info(
-    repo: Repository, clusters: Sequence[str], offsite: Repository | None = None
+    repo: Repository,
+    clusters: Sequence[str],
+    offsite: Repository | None = None,
+    daily: int = 14,
 ) -> dict[str, Any]:
     """What the repository holds; with ``offsite``, each backup's state there too:
     "copied" (every object and the catalog entry, sizes equal), "partial", "missing", or
@@ -45,7 +50,8 @@ def repository_info(
             if o.database != GLOBALS
         ]
         backups = []
-        for b in list_base_backups(repo, name):
+        base = list_base_backups(repo, name)
+        for b in base:
             info = _backup_info(repo, b)
             info["offsite"] = held.state(
                 [r.key for r in b.objects.values()] + [b.catalog_key], repo
@@ -54,7 +60,7 @@ def repository_info(
         out["clusters"][name] = {
             "base_backups": backups,
             "dumps": dumps,
-            "wal": _wal_info(repo, name, held),
+            "wal": _wal_info(repo, name, held, base, daily),
         }
         if held.error:
             out["clusters"][name]["offsite_error"] = held.error
@@ -81,7 +87,13 @@ class _OffsiteListing:
         return "copied" if same == len(keys) else "partial" if same else "missing"
 
 
-def _wal_info(repo: Repository, cluster: str, held: _OffsiteListing) -> dict[str, Any]:
+def _wal_info(
+    repo: Repository,
+    cluster: str,
+    held: _OffsiteListing,
+    base: list[BaseBackup],
+    daily: int,
+) -> dict[str, Any]:
     listing = list_archive(repo, cluster)
     wal: dict[str, Any] = {
         "first": None,
@@ -92,9 +104,7 @@ def _wal_info(repo: Repository, cluster: str, held: _OffsiteListing) -> dict[str
         "timelines": sorted({int(o.name[:8], 16) for o in listing.segments}),
     }
     if listing.segment_size:
-        gaps = find_gaps(
-            (o.name for o in listing.segments), listing.histories, listing.segment_size
-        )
+        gaps = archive_gaps(listing, base, listing.segment_size, daily)
         wal.update(first=gaps.first, last=gaps.last, gaps=[list(g) for g in gaps.missing])
         if gaps.missing_history:
             wal["missing_history"] = gaps.missing_history
@@ -103,8 +113,14 @@ def _wal_info(repo: Repository, cluster: str, held: _OffsiteListing) -> dict[str
     return wal
 
 
+def _top_tier(tiers: dict[str, str]) -> str:
+    """The longest-lived tier a backup is in ("daily" when it was never promoted)."""
+    return next((t for t in ("yearly", "monthly", "weekly") if t in tiers), "daily")
+
+
 def _backup_info(repo: Repository, backup: BaseBackup) -> dict[str, Any]:
     checked = verification(repo, backup)
+    tiers = tiers_of(repo, backup.catalog_key)
     return {
         "label": backup.label,
         "date": backup.date,
@@ -114,7 +130,8 @@ def _backup_info(repo: Repository, backup: BaseBackup) -> dict[str, Any]:
         "start_time": _iso(backup.start_time),
         "stop_time": _iso(backup.stop_time),
         "size_bytes": backup.size_bytes,
-        "tier": backup.tier,
+        "tier": _top_tier(tiers),
+        "tiers": tiers,
         "verified": bool(checked and checked["ok"]),
         "verified_at": _iso(checked["verified_at"]) if checked else None,
         "pg_version": backup.pg_version,

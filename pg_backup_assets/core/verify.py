@@ -18,7 +18,7 @@ from pg_backup_assets.core.progress import Log, ProgressLog
 from pg_backup_assets.core.storage.codec import Discard
 from pg_backup_assets.core.storage.repository import ObjectRecord, Repository
 from pg_backup_assets.core.wal.archive import ArchiveListing, list_archive, read_checked
-from pg_backup_assets.core.wal.names import find_gaps
+from pg_backup_assets.core.wal.status import archive_gaps
 
 
 @dataclass
@@ -56,9 +56,15 @@ class Report:
 
 
 def verify_repository(
-    repo: Repository, source: str, clusters: Sequence[str], log: Log, report: Report
+    repo: Repository,
+    source: str,
+    clusters: Sequence[str],
+    log: Log,
+    report: Report,
+    daily: int = 14,
 ) -> None:
-    """Re-read every object of ``clusters`` in ``repo`` into ``report``."""
+    """Re-read every object of ``clusters`` in ``repo`` into ``report``. WAL continuity is
+    judged as retention promises it (``daily``: retention.daily; see archive_gaps)."""
     can_decode = _can_decode(repo, source, report)
     for cluster in clusters:
         try:
@@ -86,6 +92,13 @@ def verify_repository(
             progress(done)
         wal_progress = ProgressLog(log, f"verifying {source} {cluster} WAL", listing.total_bytes)
         report.rows += _wal_rows(repo, source, cluster, listing, can_decode, wal_progress)
+        if listing.segments and listing.segment_size:
+            gaps = archive_gaps(listing, backups, listing.segment_size, daily)
+            if not gaps.contiguous:
+                rows = [r for r in report.rows if r.cluster == cluster and r.source == source]
+                wal_rows = [r for r in rows if r.what.startswith("WAL")]
+                target = wal_rows[-1] if wal_rows else rows[-1]
+                target.problems.append(f"gap along timeline {gaps.timeline}: {gaps.describe()}")
 
 
 def _can_decode(repo: Repository, source: str, report: Report) -> bool:
@@ -140,12 +153,4 @@ def _wal_rows(
     for tli, row in by_timeline.items():
         names = [o.name for o in listing.segments if int(o.name[:8], 16) == tli]
         row.item = f"{names[0]}..{names[-1]}" if names else "(history only)"
-    if listing.segments and listing.segment_size:
-        gaps = find_gaps(
-            (o.name for o in listing.segments), listing.histories, listing.segment_size
-        )
-        if not gaps.contiguous:
-            newest = by_timeline[max(by_timeline)] if by_timeline else None
-            if newest is not None:
-                newest.problems.append(f"gap along timeline {gaps.timeline}: {gaps.describe()}")
     return [by_timeline[t] for t in sorted(by_timeline)]

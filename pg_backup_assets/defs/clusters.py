@@ -15,9 +15,11 @@ from pg_backup_assets.defs.offsite.assets import (
 )
 from pg_backup_assets.defs.offsite.checks import build_offsite_checks
 from pg_backup_assets.defs.rehearsal.assets import build_restore_rehearsal
+from pg_backup_assets.defs.retention.assets import build_retention_expiry, build_tiers
 from pg_backup_assets.defs.schedules import (
     ClusterJobs,
     build_daily_schedule,
+    build_tier_schedules,
     build_weekly_schedule,
 )
 from pg_backup_assets.defs.wal.assets import build_wal_archive
@@ -30,6 +32,8 @@ def build_cluster_defs(c: ClusterContext, jobs: ClusterJobs, config: Config) -> 
         build_base_backup(c),
         build_wal_archive(c),
         build_restore_rehearsal(c),
+        *build_tiers(c),
+        build_retention_expiry(c),
     ]
     checks = [build_dump_restorable(c), build_base_backup_verified(c), build_wal_archive_checks(c)]
     if c.offsite:
@@ -42,5 +46,6 @@ def build_cluster_defs(c: ClusterContext, jobs: ClusterJobs, config: Config) -> 
         schedules=[
             build_daily_schedule(c, jobs.daily_backup, config.schedules),
             build_weekly_schedule(c, jobs.restore_rehearsal, config.schedules),
+            *build_tier_schedules(c, jobs.tiers),
         ],
     )

@@ -16,6 +16,7 @@ class ClusterContext:
     group: str  # the same as Dagster's group and job names allow it
     daily: dg.PartitionsDefinition
     weekly: dg.PartitionsDefinition
+    tiers: dict[str, dg.TimeWindowPartitionsDefinition]  # weekly / monthly / yearly windows
     daily_freshness: dg.FreshnessPolicy
     weekly_freshness: dg.FreshnessPolicy
     offsite: bool
@@ -30,6 +31,7 @@ def cluster_context(
     name: str,
     daily: dg.PartitionsDefinition,
     weekly: dg.PartitionsDefinition,
+    tiers: dict[str, dg.TimeWindowPartitionsDefinition],
 ) -> ClusterContext:
     run_s = config.timeouts.run_seconds
     return ClusterContext(
@@ -37,6 +39,7 @@ def cluster_context(
         group=dagster_name(name),
         daily=daily,
         weekly=weekly,
+        tiers=tiers,
         daily_freshness=freshness(dt.timedelta(days=1), run_s),
         weekly_freshness=freshness(dt.timedelta(days=7), run_s),
         offsite=config.offsite is not None,

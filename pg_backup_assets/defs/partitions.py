@@ -35,6 +35,27 @@ def weekly_partitions(daily: dg.DailyPartitionsDefinition) -> dg.WeeklyPartition
     )
 
 
+def tier_partitions(
+    daily: dg.DailyPartitionsDefinition,
+) -> dict[str, dg.TimeWindowPartitionsDefinition]:
+    """The GFS tiers' windows; each exists once it is over (its newest backup is final)."""
+    first, tz = daily.start.date(), daily.timezone
+    sunday = first - dt.timedelta(days=(first.weekday() + 1) % 7)
+    return {
+        "weekly": dg.WeeklyPartitionsDefinition(start_date=sunday.isoformat(), timezone=tz),
+        "monthly": dg.MonthlyPartitionsDefinition(
+            start_date=first.replace(day=1).isoformat(), timezone=tz
+        ),
+        # Dagster has no yearly class.
+        "yearly": dg.TimeWindowPartitionsDefinition(
+            cron_schedule="0 0 1 1 *",
+            start=first.strftime("%Y"),
+            fmt="%Y",
+            timezone=tz,
+        ),
+    }
+
+
 def today(config: Config) -> str:
     return dt.datetime.now(ZoneInfo(config.schedules.timezone)).date().isoformat()
 

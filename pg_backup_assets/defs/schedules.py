@@ -21,10 +21,11 @@ class ClusterJobs:
     base_backup: AssetJob  # base backup + its offsite copy
     offsite_wal: AssetJob | None
     restore_rehearsal: AssetJob
+    tiers: dict[str, AssetJob]  # weekly / monthly / yearly promotion
 
     def all(self) -> list[AssetJob]:
         jobs = (self.daily_backup, self.base_backup, self.offsite_wal, self.restore_rehearsal)
-        return [j for j in jobs if j]
+        return [j for j in jobs if j] + list(self.tiers.values())
 
 
 def build_jobs(c: ClusterContext) -> ClusterJobs:
@@ -41,9 +42,10 @@ def build_jobs(c: ClusterContext) -> ClusterJobs:
     return ClusterJobs(
         daily_backup=job(
             "daily_backup",
-            ["logical_dump", "base_backup", *offsite],
+            ["logical_dump", "base_backup", *offsite, "retention_expiry"],
             f"The nightly backups of {c.name}: logical dumps and a base backup, verified, "
-            "then copied offsite and checked there.",
+            "copied offsite and checked there; then the retention policy is applied (only "
+            "if they all succeeded).",
         ),
         base_backup=job(
             "base_backup",
@@ -60,6 +62,14 @@ def build_jobs(c: ClusterContext) -> ClusterJobs:
             ["restore_rehearsal"],
             f"The weekly restore rehearsal of {c.name}, from the offsite copy.",
         ),
+        tiers={
+            tier: job(
+                f"{tier}_retention",
+                [f"{tier}_retention"],
+                f"Promote the newest verified backup of the last {tier[:-2]} into the {tier} tier.",
+            )
+            for tier in ("weekly", "monthly", "yearly")
+        },
     )
 
 
@@ -87,6 +97,36 @@ def build_daily_schedule(
         return dg.RunRequest(run_key=day, partition_key=day)
 
     return daily_backup_schedule
+
+
+def build_tier_schedules(c: ClusterContext, jobs: dict[str, AssetJob]) -> list:
+    """Each tier's window is promoted once it is over, early the next morning (after the
+    daily backup and the rehearsal have had their turn)."""
+    running = dg.DefaultScheduleStatus.RUNNING
+    weekly = dg.build_schedule_from_partitioned_job(
+        jobs["weekly"], hour_of_day=5, minute_of_hour=0, day_of_week=0, default_status=running
+    )
+    monthly = dg.build_schedule_from_partitioned_job(
+        jobs["monthly"], hour_of_day=5, minute_of_hour=30, day_of_month=1, default_status=running
+    )
+    yearly_tz = c.tiers["yearly"].timezone
+
+    # A yearly cron takes no hour offset in build_schedule_from_partitioned_job.
+    @dg.schedule(
+        name=f"{c.group}_yearly_retention_schedule",
+        cron_schedule="0 6 1 1 *",
+        execution_timezone=yearly_tz,
+        job=jobs["yearly"],
+        default_status=running,
+        description=f"Promotes the newest verified backup of the past year of {c.name}.",
+    )
+    def yearly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        year = str(context.scheduled_execution_time.year - 1)
+        if year < c.tiers["yearly"].start.strftime("%Y"):
+            return dg.SkipReason(f"{year} is before the first yearly partition")
+        return dg.RunRequest(run_key=f"yearly:{year}", partition_key=year)
+
+    return [weekly, monthly, yearly]
 
 
 def build_weekly_schedule(

@@ -28,8 +28,14 @@ def test_jobs_schedules_and_sensors_run_without_anyone_starting_them(workdir):
     defs = build_defs(str(cfg))
     repo_def = defs.get_repository_def()
     assert {s.name: s.default_status for s in repo_def.schedule_defs} == {
-        "main_daily_backup_schedule": dg.DefaultScheduleStatus.RUNNING,
-        "main_restore_rehearsal_schedule": dg.DefaultScheduleStatus.RUNNING,
+        f"main_{name}_schedule": dg.DefaultScheduleStatus.RUNNING
+        for name in (
+            "daily_backup",
+            "restore_rehearsal",
+            "weekly_retention",
+            "monthly_retention",
+            "yearly_retention",
+        )
     }
     assert {s.name for s in repo_def.sensor_defs} == {"wal_archive_sensor", "alert_sensor"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in repo_def.sensor_defs)

@@ -130,7 +130,7 @@ def _rehearse(
     report: RehearsalReport,
     log: Log,
 ) -> None:
-    status = inspect_archive(repo, cluster)
+    status = inspect_archive(repo, cluster, daily=config.retention.daily)
     report.rpo_s = round(_rpo(source, cluster.name), 1)
     name = f"rehearsal-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
     opts = config.rehearsal

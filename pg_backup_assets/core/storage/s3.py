@@ -122,6 +122,16 @@ class S3Storage:
     def delete(self, key: str) -> None:
         self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
+    def tag(self, key: str, tags: dict[str, str]) -> None:
+        """Replace an object's tags (S3 lifecycle rules and people can read the GFS tier)."""
+        self._call(
+            f"tagging of {key}",
+            self.client.put_object_tagging,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in sorted(tags.items())]},
+        )
+
     def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         """Call the store (botocore retries transient failures); name what failed, and where."""
         try:

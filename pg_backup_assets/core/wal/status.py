@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from pg_backup_assets.core.catalog import list_base_backups
+from pg_backup_assets.core.catalog import BaseBackup, list_base_backups
 from pg_backup_assets.core.config import ClusterConfig
 from pg_backup_assets.core.errors import PgBackupError
 from pg_backup_assets.core.postgres.client import connect
+from pg_backup_assets.core.retention.plan import daily_window
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.wal.archive import ArchiveListing, list_archive
-from pg_backup_assets.core.wal.names import GapReport, find_gaps, parse_segment
+from pg_backup_assets.core.wal.names import GapReport, Segment, find_gaps, parse_segment
 
 
 @dataclass(frozen=True)
@@ -105,18 +106,57 @@ class ArchiveStatus:
     fresh: Verdict
 
 
+def archive_gaps(
+    listing: ArchiveListing,
+    backups: list[BaseBackup],
+    segment_size: int,
+    daily: int,
+    timeline: int | None = None,
+) -> GapReport:
+    """What the archive misses of what retention promises: every segment from the start of
+    the oldest base backup of the daily window (point-in-time recovery across it; without
+    a backup, from the oldest archived segment) to the newest, along ``timeline``'s history
+    (default: the newest); and, for each older base backup, its own start to stop (what it
+    needs to be consistent). Retention expires the WAL between those: not a gap."""
+    window = set(daily_window((b.date for b in backups), daily))
+    pitr = [b for b in backups if b.date in window] or backups[-1:]
+    start = min((b.start_lsn for b in pitr), default=None)
+    names = [o.name for o in listing.segments]
+    gaps = find_gaps(names, listing.histories, segment_size, start, timeline)
+    have = {parse_segment(n, segment_size) for n in names}
+    older: list[tuple[str, str]] = []
+    lost_count = 0
+    for b in backups:
+        if start is None or b.start_lsn >= start:
+            continue
+        first, last = b.start_lsn // segment_size, b.stop_lsn // segment_size
+        lost = [s for s in range(first, last + 1) if Segment(b.timeline, s) not in have]
+        if lost:
+            lost_count += len(lost)
+            older.append(
+                (
+                    Segment(b.timeline, lost[0]).name(segment_size),
+                    Segment(b.timeline, lost[-1]).name(segment_size),
+                )
+            )
+    if not older:
+        return gaps
+    return replace(
+        gaps, missing=older + gaps.missing, missing_count=gaps.missing_count + lost_count
+    )
+
+
 def inspect_archive(
-    repo: Repository, cluster: ClusterConfig, now: float | None = None
+    repo: Repository, cluster: ClusterConfig, now: float | None = None, daily: int = 14
 ) -> ArchiveStatus:
     """Look at the archive and the server; judge contiguity and freshness.
 
-    The archive must be complete from the start of the oldest retained base backup (or
-    its oldest segment when there is none). The segment size comes from the server, or,
-    when it cannot be reached, from what wal-push recorded.
+    Contiguity as retention promises it (``archive_gaps``; ``daily``: retention.daily).
+    The segment size comes from the server, or, when it cannot be reached, from what
+    wal-push recorded.
     """
     listing = list_archive(repo, cluster.name)
     backups = list_base_backups(repo, cluster.name)
-    start_lsn = backups[0].start_lsn if backups else None
     server, server_error = None, None
     try:
         server = archiver_facts(cluster.dsn)
@@ -130,12 +170,8 @@ def inspect_archive(
     if segment_size:
         # Follow the timeline the server is on: a copy of it that was promoted and archived
         # a new timeline here (restore --archive-mode preserve) does not take over.
-        gaps = find_gaps(
-            (o.name for o in listing.segments),
-            listing.histories,
-            segment_size,
-            start_lsn,
-            timeline=server.timeline if server else None,
+        gaps = archive_gaps(
+            listing, backups, segment_size, daily, timeline=server.timeline if server else None
         )
         contiguous = Verdict(gaps.contiguous, gaps.describe())
         newest = next((o for o in listing.segments if o.name == gaps.last), None)

@@ -21,7 +21,10 @@ def build_wal_archive_checks(c: ClusterContext) -> dg.AssetChecksDefinition:
     )
     def wal_archive_checks(pgbackup: PgBackupResource) -> Iterator[dg.AssetCheckResult]:
         """No segment missing since the oldest backup's start; newest WAL younger than the RPO."""
-        status = inspect_archive(pgbackup.repository(), pgbackup.config().cluster(c.name))
+        config = pgbackup.config()
+        status = inspect_archive(
+            pgbackup.repository(), config.cluster(c.name), daily=config.retention.daily
+        )
         for name, passed, description, metadata in check_verdicts(status):
             yield dg.AssetCheckResult(
                 asset_key=key,

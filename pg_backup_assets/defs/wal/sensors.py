@@ -35,7 +35,7 @@ def build_wal_archive_sensor(
         events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = []
         requests: list[dg.RunRequest] = []
         for c in clusters:
-            status = inspect_archive(repo, config.cluster(c.name))
+            status = inspect_archive(repo, config.cluster(c.name), daily=config.retention.daily)
             if status.gaps and status.gaps.missing:
                 # A gap cuts point-in-time recovery across it: a fresh base backup makes the
                 # time after the gap restorable again. The run key makes it happen once per

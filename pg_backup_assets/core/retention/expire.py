@@ -1,0 +1,232 @@
+"""Applying the retention plan: gather the facts, plan (core/retention/plan.py), delete
+what it expires from the repository and the offsite store, and sweep what interrupted runs
+left behind.
+
+Deleting a backup removes its catalog entry first, then its objects: a backup is either
+listed and whole, or not listed; what a crash in between leaves is swept by a later run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from pg_backup_assets.core.catalog import (
+    CATALOG,
+    base_prefix,
+    dump_prefix,
+    list_base_backups,
+    list_dump_sets,
+    set_prefix,
+    tiers_of,
+    verification,
+)
+from pg_backup_assets.core.config import Config
+from pg_backup_assets.core.errors import PgBackupError
+from pg_backup_assets.core.locks import LockTimeoutError
+from pg_backup_assets.core.offsite.store import offsite_repository
+from pg_backup_assets.core.progress import Log
+from pg_backup_assets.core.rehearsal.rehearse import REPORTS
+from pg_backup_assets.core.retention.plan import BackupFacts, Plan, WalFacts, plan
+from pg_backup_assets.core.storage.base import ObjectInfo
+from pg_backup_assets.core.storage.repository import Repository, sweep_staging
+from pg_backup_assets.core.wal.archive import list_archive
+from pg_backup_assets.core.wal.names import parse_segment
+
+LEFTOVER_AGE_S = 24 * 3600  # an object without a catalog entry this old is nobody's work
+
+
+@dataclass
+class ExpiryReport:
+    plan: Plan
+    dry_run: bool
+    freed: dict[str, int] = field(default_factory=lambda: {"local": 0, "offsite": 0})
+    deleted: dict[str, int] = field(default_factory=lambda: {"local": 0, "offsite": 0})
+    deferred: list[str] = field(default_factory=list)  # offsite objects still locked
+    swept: list[str] = field(default_factory=list)
+
+
+def expire(
+    config: Config, cluster: str, dry_run: bool = False, log: Log = print, now: float | None = None
+) -> ExpiryReport:
+    """Plan and (unless ``dry_run``) apply the retention policy to ``cluster``."""
+    now = time.time() if now is None else now
+    repo = Repository.from_config(config)
+    offsite = offsite_repository(config) if config.offsite else None
+    lock_days = config.offsite.s3.object_lock_days if config.offsite and config.offsite.s3 else 0
+    with repo.lock(cluster, "expire", config.timeouts.run_seconds, log):
+        held = _offsite_listing(offsite, cluster)
+        locked = {
+            k: info.mtime + lock_days * 86400
+            for k, info in held.items()
+            if lock_days and info.mtime + lock_days * 86400 > now
+        }
+        backups, wal = gather(repo, cluster, locked)
+        the_plan = plan(backups, wal, config.retention, now, _rehearsal_failed(repo, cluster))
+        report = ExpiryReport(the_plan, dry_run)
+        if not dry_run:
+            _apply(report, repo, offsite, held, locked, log)
+            report.swept = _sweep(repo, offsite, held, cluster, now, log)
+    kept = sum(1 for d in the_plan.decisions if d.keep)
+    log(
+        f"retention of {cluster}: {kept} backups kept, {len(the_plan.expired)} expired, "
+        f"{sum(r.objects for r in the_plan.expired_wal)} WAL objects expired"
+        + (" (dry run: nothing deleted)" if dry_run else "")
+        + (f"; {the_plan.halted}" if the_plan.halted else "")
+    )
+    return report
+
+
+def gather(
+    repo: Repository, cluster: str, locked: dict[str, float]
+) -> tuple[list[BackupFacts], list[WalFacts]]:
+    """The planner's view of what the repository holds."""
+    listing = list_archive(repo, cluster)
+    size = listing.segment_size or 16 << 20
+    backups = []
+    for b in list_base_backups(repo, cluster):
+        keys = [r.key for r in b.objects.values()]
+        backups.append(
+            BackupFacts(
+                key=b.catalog_key,
+                kind="base",
+                date=b.date,
+                label=b.label,
+                verified=_ok(repo, b),
+                tiers=tiers_of(repo, b.catalog_key),
+                start_segno=b.start_lsn // size,
+                stop_segno=b.stop_lsn // size,
+                locked_until=max((locked[k] for k in keys if k in locked), default=None),
+                size_bytes=b.size_bytes,
+            )
+        )
+    for s in list_dump_sets(repo, cluster):
+        keys = [o.record.key for o in s.objects]
+        backups.append(
+            BackupFacts(
+                key=s.catalog_key,
+                kind="dump",
+                date=s.date,
+                label=s.set_id,
+                verified=_ok(repo, s),
+                tiers=tiers_of(repo, s.catalog_key),
+                locked_until=max((locked[k] for k in keys if k in locked), default=None),
+                size_bytes=s.size_bytes,
+            )
+        )
+    wal = [
+        WalFacts(
+            o.key,
+            None if o.kind == "history" else parse_segment(o.name[:24], size).segno,
+            o.name,
+            o.stored_bytes,
+        )
+        for o in listing.objects
+    ]
+    return backups, wal
+
+
+def _ok(repo: Repository, item: object) -> bool:
+    checked = verification(repo, item)
+    return bool(checked and checked["ok"])
+
+
+def _rehearsal_failed(repo: Repository, cluster: str) -> str | None:
+    reports = [i for i in repo.storage.list(f"{cluster}/{REPORTS}/") if i.key.endswith(".json")]
+    if not reports:
+        return None
+    latest = repo.get_json(max(reports, key=lambda i: i.mtime).key)
+    if latest.get("passed"):
+        return None
+    return (latest.get("problems") or ["see its report"])[0][:200]
+
+
+def _offsite_listing(offsite: Repository | None, cluster: str) -> dict[str, ObjectInfo]:
+    if offsite is None:
+        return {}
+    return {o.key: o for o in offsite.storage.list(f"{cluster}/")}
+
+
+def _apply(
+    report: ExpiryReport,
+    repo: Repository,
+    offsite: Repository | None,
+    held: dict[str, ObjectInfo],
+    locked: dict[str, float],
+    log: Log,
+) -> None:
+    for decision in report.plan.expired:
+        prefix = set_prefix(decision.backup.key) + "/"
+        # The catalog entry first: from here on the backup is not listed as one.
+        for store, name, listing in _stores(repo, offsite, held, prefix):
+            if store.storage.exists(decision.backup.key):
+                store.storage.delete(decision.backup.key)
+            for info in listing:
+                if info.key != decision.backup.key:
+                    store.storage.delete(info.key)
+                    report.freed[name] += info.size
+                    report.deleted[name] += 1
+        b = decision.backup
+        log(f"expired {b.kind} backup {b.label} ({b.date})")
+    for rng in report.plan.expired_wal:
+        report.freed["local"] += rng.bytes
+        for key in rng.keys:
+            repo.storage.delete(key)
+            report.deleted["local"] += 1
+            if offsite is not None and key in held:
+                if key in locked:
+                    report.deferred.append(key)
+                    continue
+                offsite.storage.delete(key)
+                report.freed["offsite"] += held[key].size
+                report.deleted["offsite"] += 1
+
+
+def _stores(repo, offsite, held, prefix):  # noqa: ANN001, ANN202
+    yield repo, "local", repo.storage.list(prefix)
+    if offsite is not None:
+        yield offsite, "offsite", [i for k, i in held.items() if k.startswith(prefix)]
+
+
+def _sweep(
+    repo: Repository,
+    offsite: Repository | None,
+    held: dict[str, ObjectInfo],
+    cluster: str,
+    now: float,
+    log: Log,
+) -> list[str]:
+    """What interrupted runs left: set folders without a catalog entry (in the repository
+    under the backup's own lock, offsite when a day old), staging folders nobody holds."""
+    swept: list[str] = []
+    for kind, prefix in (
+        ("base_backup", base_prefix(cluster)),
+        ("logical_dump", dump_prefix(cluster)),
+    ):
+        try:
+            with repo.lock(cluster, kind, 0, log):
+                swept += repo.sweep_unfinished_sets(prefix, log)
+        except LockTimeoutError:
+            log(f"a {kind} of {cluster} is running: its leftovers are swept another time")
+        if offsite is None:
+            continue
+        sets: dict[str, list[ObjectInfo]] = defaultdict(list)
+        for key, info in held.items():
+            parts = key.split("/")
+            if key.startswith(prefix) and len(parts) > 4:
+                sets["/".join(parts[:4])].append(info)
+        for folder, infos in sets.items():
+            if any(i.key.endswith("/" + CATALOG) for i in infos):
+                continue
+            if max(i.mtime for i in infos) > now - LEFTOVER_AGE_S:
+                continue  # a copy may be under way
+            for info in infos:
+                try:
+                    offsite.storage.delete(info.key)
+                except PgBackupError as exc:
+                    log(f"cannot remove the leftover {info.key} offsite: {exc}")
+            swept.append(f"offsite {folder}")
+            log(f"removed offsite {folder}: what an interrupted copy left (no catalog entry)")
+    sweep_staging(repo.staging_base())
+    return swept

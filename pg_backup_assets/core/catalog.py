@@ -143,12 +143,18 @@ def list_base_backups(repo: Repository, cluster: str) -> list[BaseBackup]:
     return backups
 
 
-def find_base_backup(repo: Repository, cluster: str, date: str) -> BaseBackup:
-    """The newest base backup taken for partition ``date``."""
+def find_base_backup(
+    repo: Repository, cluster: str, date: str, catalog_key: str | None = None
+) -> BaseBackup:
+    """The newest base backup taken for partition ``date``, or exactly the one catalogued
+    at ``catalog_key`` (a run's own backup, not one a concurrent run took since)."""
     found = [b for b in list_base_backups(repo, cluster) if b.date == check_date(date)]
+    if catalog_key is not None:
+        found = [b for b in found if b.catalog_key == catalog_key]
     if not found:
+        which = f" catalogued at {catalog_key}" if catalog_key else ""
         raise NotFoundError(
-            f"no base backup of cluster {cluster!r} for {date} in the repository at "
+            f"no base backup of cluster {cluster!r} for {date}{which} in the repository at "
             f"{repo.describe()}"
         )
     return found[-1]
@@ -293,14 +299,21 @@ def list_dump_sets(repo: Repository, cluster: str) -> list[DumpSet]:
     return sets
 
 
-def find_dump_set(repo: Repository, cluster: str, date: str | None = None) -> DumpSet:
-    """The newest complete dump set (for ``date`` when given)."""
+def find_dump_set(
+    repo: Repository, cluster: str, date: str | None = None, catalog_key: str | None = None
+) -> DumpSet:
+    """The newest complete dump set (for ``date`` when given), or exactly the one
+    catalogued at ``catalog_key``."""
     sets = list_dump_sets(repo, cluster)
     if date is not None:
         check_date(date)
         sets = [s for s in sets if s.date == date]
+    if catalog_key is not None:
+        sets = [s for s in sets if s.catalog_key == catalog_key]
     if not sets:
-        when = f" for {date}" if date else ""
+        when = (f" for {date}" if date else "") + (
+            f" catalogued at {catalog_key}" if catalog_key else ""
+        )
         raise NotFoundError(
             f"no logical dump of cluster {cluster!r}{when} in the repository at {repo.describe()}"
         )

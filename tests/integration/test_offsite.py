@@ -12,13 +12,19 @@ import pytest
 from botocore.exceptions import ClientError
 
 from pg_backup_assets.core.config import load_config
+from pg_backup_assets.core.dumps.dump import take_dump_set
 from pg_backup_assets.core.errors import PgBackupError
 from pg_backup_assets.core.postgres.local_cluster import LocalCluster
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.storage.s3 import S3Storage, s3_client
 from pg_backup_assets.core.wal.archive import list_archive
 from pg_backup_assets.definitions import build_defs
-from pg_backup_assets.defs.check_names import OFFSITE_COPY_MATCHES, OFFSITE_WAL_FRESH, THREE_TWO_ONE
+from pg_backup_assets.defs.check_names import (
+    DUMP_RESTORABLE,
+    OFFSITE_COPY_MATCHES,
+    OFFSITE_WAL_FRESH,
+    THREE_TWO_ONE,
+)
 from pg_backup_assets.defs.offsite.sensors import OFFSITE_WAL_SENSOR
 from tests.conftest import TcpProxy, archiving_settings, make_bucket, tick, write_config
 from tests.integration.test_cli import pgbackup
@@ -212,3 +218,45 @@ def test_offsite_path_on_the_same_filesystem_is_not_offsite(pg, database, workdi
     assert not checks[THREE_TWO_ONE].passed
     assert "same filesystem as the repository" in checks[THREE_TWO_ONE].description
     assert any((workdir / "second" / "main" / "dumps").rglob("catalog.json"))
+
+
+def test_each_step_follows_the_set_its_own_run_made(pg, database, workdir):
+    """A second set taken into the same day mid-run (another run, the WAL sensor's base
+    backup) must not swap what this run copies offsite and checks: every step follows the
+    catalog_key its upstream recorded in this run."""
+    extra = f"offsite:\n  path: {workdir / 'second'}\n"
+    config = write_config(workdir, pg.dsn(), [database], extra=extra)
+    defs = build_defs(str(config))
+    dump, off = dg.AssetKey(["main", "logical_dump"]), dg.AssetKey(["main", "offsite_dump"])
+    loaded = load_config(config)
+
+    # Highest priority: runs as soon as the dump is done, before the offsite copy.
+    @dg.asset(key=["test", "concurrent_dump"], deps=[dump], op_tags={"dagster/priority": "9"})
+    def concurrent_dump() -> dg.MaterializeResult:
+        taken = take_dump_set(Repository.from_config(loaded), loaded.cluster("main"), DAY)
+        return dg.MaterializeResult(metadata={"catalog_key": taken.catalog_key})
+
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks, concurrent_dump],
+        selection=dg.AssetSelection.assets(dump, off, concurrent_dump.key)
+        | dg.AssetSelection.checks_for_assets(dump, off),
+        resources=defs.resources,
+        partition_key=DAY,
+    )
+    assert result.success
+    order = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
+    assert order.index("test__concurrent_dump") < order.index("main__offsite_dump"), order
+
+    def recorded(key):
+        [m] = result.asset_materializations_for_node(key.to_python_identifier())
+        return m.metadata["catalog_key"].value
+
+    ours, intruder = recorded(dump), recorded(concurrent_dump.key)
+    assert ours != intruder and ours < intruder  # the intruder is the newest of the day
+    assert recorded(off) == ours
+    checks = checks_of(result, "offsite_dump")
+    assert checks[OFFSITE_COPY_MATCHES].passed
+    assert checks_of(result, "logical_dump")[DUMP_RESTORABLE].metadata["set_id"].value in ours
+    # Only the run's own set went offsite; the intruder's stayed local.
+    assert (workdir / "second" / ours).is_file()
+    assert not (workdir / "second" / intruder).exists()

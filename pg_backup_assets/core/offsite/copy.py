@@ -171,17 +171,17 @@ def wal_pending(repo: Repository, offsite: Repository, cluster: str) -> WalBackl
 
 
 def day_set(
-    repo: Repository, cluster: str, what: str, day: str
+    repo: Repository, cluster: str, what: str, day: str, catalog_key: str | None = None
 ) -> tuple[list[tuple[str, str]], bool]:
-    """What the offsite store must hold for one day's ``what`` ("dump" or "base_backup"):
-    (key, sha256) of every object and of the catalog entry, and whether the local copy is
-    verified."""
+    """What the offsite store must hold for one day's ``what`` ("dump" or "base_backup"),
+    the newest of the day or the set catalogued at ``catalog_key``: (key, sha256) of every
+    object and of the catalog entry, and whether the local copy is verified."""
     if what == "dump":
-        dump_set = find_dump_set(repo, cluster, day)
+        dump_set = find_dump_set(repo, cluster, day, catalog_key)
         records, catalog_key = [o.record for o in dump_set.objects], dump_set.catalog_key
         verified = True  # a dump set is catalogued only after pg_dump succeeded
     else:
-        backup = find_base_backup(repo, cluster, day)
+        backup = find_base_backup(repo, cluster, day, catalog_key)
         records, catalog_key = list(backup.objects.values()), backup.catalog_key
         checked = verification(repo, backup)
         verified = bool(checked and checked["ok"])

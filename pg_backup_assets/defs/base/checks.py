@@ -5,6 +5,7 @@ from pg_backup_assets.core.catalog import find_base_backup
 from pg_backup_assets.defs.check_names import BASE_BACKUP_VERIFIED
 from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.partitions import daily_check
+from pg_backup_assets.defs.pinned import pinned_catalog_key
 from pg_backup_assets.defs.resources import PgBackupResource
 
 
@@ -14,7 +15,8 @@ def build_base_backup_verified(c: ClusterContext) -> dg.AssetChecksDefinition:
     ) -> dg.AssetCheckResult:
         """sha256 of every stored object, then pg_verifybackup on an extracted copy with its WAL."""
         repo = pgbackup.repository()
-        backup = find_base_backup(repo, c.name, context.partition_key)
+        pinned = pinned_catalog_key(context, c.key("base_backup"))
+        backup = find_base_backup(repo, c.name, context.partition_key, pinned)
         verdict = verify_base_backup(repo, c.name, backup, log=context.log.info)
         return dg.AssetCheckResult(
             passed=verdict.ok,

@@ -5,6 +5,7 @@ from pg_backup_assets.core.dumps.dump import check_restorable
 from pg_backup_assets.defs.check_names import DUMP_RESTORABLE
 from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.partitions import daily_check
+from pg_backup_assets.defs.pinned import pinned_catalog_key
 from pg_backup_assets.defs.resources import PgBackupResource
 
 
@@ -14,7 +15,8 @@ def build_dump_restorable(c: ClusterContext) -> dg.AssetChecksDefinition:
     ) -> dg.AssetCheckResult:
         """Each archive of the day matches its sha256, decodes, and pg_restore --list reads it."""
         repo = pgbackup.repository()
-        dump_set = find_dump_set(repo, c.name, context.partition_key)
+        pinned = pinned_catalog_key(context, c.key("logical_dump"))
+        dump_set = find_dump_set(repo, c.name, context.partition_key, pinned)
         verdicts = check_restorable(repo, dump_set)
         failed = [v for v in verdicts if not v.ok]
         return dg.AssetCheckResult(

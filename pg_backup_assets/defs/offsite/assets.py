@@ -7,11 +7,16 @@ from pg_backup_assets.core.progress import throughput_mib_s
 from pg_backup_assets.core.wal.status import offsite_wal_freshness
 from pg_backup_assets.defs.check_names import OFFSITE_WAL_FRESH
 from pg_backup_assets.defs.context import ClusterContext
+from pg_backup_assets.defs.pinned import CATALOG_KEY, pinned_catalog_key
 from pg_backup_assets.defs.resources import PgBackupResource
 
 
-def _copy_metadata(report: CopyReport, store: str) -> dict[str, object]:
+def _copy_metadata(
+    report: CopyReport, store: str, catalog_key: str | None = None
+) -> dict[str, object]:
+    pinned = {CATALOG_KEY: catalog_key} if catalog_key else {}
     return {
+        **pinned,
         "objects": report.objects,
         "size_bytes": report.bytes,
         "raw_bytes": report.raw_bytes,
@@ -42,11 +47,14 @@ def build_offsite_dump(c: ClusterContext) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         """The day's logical dumps copied to the offsite store and re-read there."""
         repo, target = pgbackup.repository(), pgbackup.offsite(s3)
-        dump_set = find_dump_set(repo, c.name, context.partition_key)
+        pinned = pinned_catalog_key(context, c.key("logical_dump"))
+        dump_set = find_dump_set(repo, c.name, context.partition_key, pinned)
         records = [o.record for o in dump_set.objects]
         report = copy_set(repo, target, records, dump_set.catalog_key, dump_set.raw_bytes)
         _copy_failed(report)
-        return dg.MaterializeResult(metadata=_copy_metadata(report, target.describe()))
+        return dg.MaterializeResult(
+            metadata=_copy_metadata(report, target.describe(), dump_set.catalog_key)
+        )
 
     return offsite_dump
 
@@ -65,11 +73,14 @@ def build_offsite_base_backup(c: ClusterContext) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         """The day's base backup copied to the offsite store and re-read there."""
         repo, target = pgbackup.repository(), pgbackup.offsite(s3)
-        backup = find_base_backup(repo, c.name, context.partition_key)
+        pinned = pinned_catalog_key(context, c.key("base_backup"))
+        backup = find_base_backup(repo, c.name, context.partition_key, pinned)
         records = backup.objects.values()
         report = copy_set(repo, target, records, backup.catalog_key, backup.raw_bytes)
         _copy_failed(report)
-        return dg.MaterializeResult(metadata=_copy_metadata(report, target.describe()))
+        return dg.MaterializeResult(
+            metadata=_copy_metadata(report, target.describe(), backup.catalog_key)
+        )
 
     return offsite_base_backup
 

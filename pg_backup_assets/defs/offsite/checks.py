@@ -6,6 +6,7 @@ from pg_backup_assets.core.offsite.three_two_one import three_two_one as rule_of
 from pg_backup_assets.defs.check_names import OFFSITE_COPY_MATCHES, THREE_TWO_ONE
 from pg_backup_assets.defs.context import ClusterContext
 from pg_backup_assets.defs.partitions import daily_check
+from pg_backup_assets.defs.pinned import pinned_catalog_key
 from pg_backup_assets.defs.resources import PgBackupResource
 
 
@@ -17,8 +18,9 @@ def build_offsite_checks(c: ClusterContext, what: str) -> list[dg.AssetChecksDef
     def offsite_copy_matches(
         context: dg.AssetCheckExecutionContext, pgbackup: PgBackupResource, s3: S3Resource
     ) -> dg.AssetCheckResult:
-        """Every offsite object of the day re-read: its sha256 equals the local one."""
-        objects, _ = day_set(pgbackup.repository(), cluster, what, context.partition_key)
+        """Every offsite object of the copied set re-read: its sha256 equals the local one."""
+        pinned = pinned_catalog_key(context, key)
+        objects, _ = day_set(pgbackup.repository(), cluster, what, context.partition_key, pinned)
         problems = verify_copies(pgbackup.offsite(s3), objects)
         return dg.AssetCheckResult(
             passed=not problems,
@@ -30,7 +32,10 @@ def build_offsite_checks(c: ClusterContext, what: str) -> list[dg.AssetChecksDef
         context: dg.AssetCheckExecutionContext, pgbackup: PgBackupResource, s3: S3Resource
     ) -> dg.AssetCheckResult:
         """3 copies, 2 kinds of media, 1 offsite: judged honestly from where things are."""
-        objects, local_ok = day_set(pgbackup.repository(), cluster, what, context.partition_key)
+        pinned = pinned_catalog_key(context, key)
+        objects, local_ok = day_set(
+            pgbackup.repository(), cluster, what, context.partition_key, pinned
+        )
         offsite_ok = not verify_copies(pgbackup.offsite(s3), objects)
         verdict = rule_of_three(pgbackup.config(), local_ok, offsite_ok)
         return dg.AssetCheckResult(

@@ -1,5 +1,7 @@
 """What runs when: per cluster, the jobs the schedules and sensors launch."""
 
+import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -76,27 +78,29 @@ def build_jobs(c: ClusterContext) -> ClusterJobs:
 def build_daily_schedule(
     c: ClusterContext, job: AssetJob, schedules: Schedules
 ) -> dg.ScheduleDefinition:
-    tz = ZoneInfo(schedules.timezone)
-    first_day = c.daily.start.date().isoformat()
-
-    @dg.schedule(
-        name=f"{c.group}_daily_backup_schedule",
-        cron_schedule=schedules.daily,
-        execution_timezone=schedules.timezone,
-        job=job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Takes {c.name}'s daily backups into the partition of the day they run.",
+    return _calendar_schedule(
+        f"{c.group}_daily_backup_schedule",
+        schedules.daily,
+        schedules.timezone,
+        job,
+        lambda day: day.isoformat(),
+        c.daily.start.date().isoformat(),
+        f"Takes {c.name}'s daily backups into the partition of the day they run.",
     )
-    def daily_backup_schedule(
-        context: dg.ScheduleEvaluationContext,
-    ) -> dg.RunRequest | dg.SkipReason:
-        day = context.scheduled_execution_time.astimezone(tz).date().isoformat()
-        if day < first_day:
-            return dg.SkipReason(f"{day} is before schedules.start_date ({first_day})")
-        # Keyed on the day: one daily backup run per day, however often the cron fires.
-        return dg.RunRequest(run_key=day, partition_key=day)
 
-    return daily_backup_schedule
+
+def build_weekly_schedule(
+    c: ClusterContext, job: AssetJob, schedules: Schedules
+) -> dg.ScheduleDefinition:
+    return _calendar_schedule(
+        f"{c.group}_restore_rehearsal_schedule",
+        schedules.weekly,
+        schedules.timezone,
+        job,
+        week_of,
+        c.weekly.start.date().isoformat(),
+        f"Rehearses a restore of {c.name} into the partition of the week it runs.",
+    )
 
 
 def build_tier_schedules(c: ClusterContext, jobs: dict[str, AssetJob]) -> list:
@@ -109,46 +113,46 @@ def build_tier_schedules(c: ClusterContext, jobs: dict[str, AssetJob]) -> list:
     monthly = dg.build_schedule_from_partitioned_job(
         jobs["monthly"], hour_of_day=5, minute_of_hour=30, day_of_month=1, default_status=running
     )
-    yearly_tz = c.tiers["yearly"].timezone
-
     # A yearly cron takes no hour offset in build_schedule_from_partitioned_job.
-    @dg.schedule(
-        name=f"{c.group}_yearly_retention_schedule",
-        cron_schedule="0 6 1 1 *",
-        execution_timezone=yearly_tz,
-        job=jobs["yearly"],
-        default_status=running,
-        description=f"Promotes the newest verified backup of the past year of {c.name}.",
+    yearly = _calendar_schedule(
+        f"{c.group}_yearly_retention_schedule",
+        "0 6 1 1 *",
+        c.tiers["yearly"].timezone,
+        jobs["yearly"],
+        lambda day: str(day.year - 1),  # the year just over
+        c.tiers["yearly"].start.strftime("%Y"),
+        f"Promotes the newest verified backup of the past year of {c.name}.",
     )
-    def yearly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        year = str(context.scheduled_execution_time.year - 1)
-        if year < c.tiers["yearly"].start.strftime("%Y"):
-            return dg.SkipReason(f"{year} is before the first yearly partition")
-        return dg.RunRequest(run_key=f"yearly:{year}", partition_key=year)
-
     return [weekly, monthly, yearly]
 
 
-def build_weekly_schedule(
-    c: ClusterContext, job: AssetJob, schedules: Schedules
+def _calendar_schedule(
+    name: str,
+    cron: str,
+    timezone: str,
+    job: AssetJob,
+    partition_of: Callable[[dt.date], str],
+    first: str,
+    description: str,
 ) -> dg.ScheduleDefinition:
-    tz = ZoneInfo(schedules.timezone)
-    first_week = c.weekly.start.date().isoformat()
+    """A RUNNING schedule on any cron (build_schedule_from_partitioned_job takes none for
+    time partitions) that requests the partition of the day it runs. The run key names the
+    partition but Dagster dedups run keys per tick only: a cron firing twice a day takes
+    two sets into that day, and each run's steps follow their own set (defs/pinned.py)."""
+    tz = ZoneInfo(timezone)
 
     @dg.schedule(
-        name=f"{c.group}_restore_rehearsal_schedule",
-        cron_schedule=schedules.weekly,
-        execution_timezone=schedules.timezone,
+        name=name,
+        cron_schedule=cron,
+        execution_timezone=timezone,
         job=job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Rehearses a restore of {c.name} into the partition of the week it runs.",
+        description=description,
     )
-    def restore_rehearsal_schedule(
-        context: dg.ScheduleEvaluationContext,
-    ) -> dg.RunRequest | dg.SkipReason:
-        week = week_of(context.scheduled_execution_time.astimezone(tz).date())
-        if week < first_week:
-            return dg.SkipReason(f"the week of {week} is before the first partition")
-        return dg.RunRequest(run_key=f"rehearsal:{week}", partition_key=week)
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        key = partition_of(context.scheduled_execution_time.astimezone(tz).date())
+        if key < first:
+            return dg.SkipReason(f"{key} is before the first partition ({first})")
+        return dg.RunRequest(run_key=key, partition_key=key)
 
-    return restore_rehearsal_schedule
+    return _schedule

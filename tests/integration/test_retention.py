@@ -21,6 +21,8 @@ from pg_backup_assets.core.offsite.store import offsite_repository
 from pg_backup_assets.core.retention.expire import expire
 from pg_backup_assets.core.retention.tiers import promote
 from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.storage.s3 import s3_client
+from pg_backup_assets.core.wal.archive import list_archive
 from tests.conftest import make_bucket
 from tests.faults.helpers import kill_at
 from tests.integration.test_cli import BIN, pgbackup
@@ -60,6 +62,12 @@ def ten_days(archiving, s3_endpoint):  # noqa: ANN201
     ship_wal(repo, offsite, "main")
     promoted = promote(repo, offsite, "main", "weekly", "2026-11-15", "2026-11-15", "2026-11-22")
     assert [(p.kind, p.date) for p in promoted] == [("base", "2026-11-21"), ("dump", "2026-11-21")]
+    # Offsite, the objects carry their tier as S3 tags (lifecycle rules can read them).
+    weekly = next(b for b in list_base_backups(repo, "main") if b.date == "2026-11-21")
+    tags = s3_client(s3_endpoint, "us-east-1").get_object_tagging(
+        Bucket=bucket, Key=weekly.objects["base.tar"].key
+    )["TagSet"]
+    assert tags == [{"Key": "pgbackup-weekly", "Value": "2026-11-15"}]
     return cluster, config, cfg, repo, offsite, bucket
 
 
@@ -124,8 +132,27 @@ def test_expiry_removes_exactly_what_the_plan_expires(ten_days, s3_endpoint):
         result.server.stop()
 
 
-def test_a_killed_expiry_leaves_no_half_backup_listed(ten_days):
+def test_a_killed_expiry_leaves_no_half_backup_listed(ten_days, monkeypatch):
     cluster, config, cfg, repo, offsite, _ = ten_days
+    expired_wal = [w for w in list_archive(repo, "main").segments if w.name.endswith("0C")]
+    # A run killed between the two deletions of a WAL object left it offsite only.
+    repo.storage.delete(expired_wal[0].key)
+    # A store that answers a delete but keeps a catalog entry: the backup stays listed
+    # there, so its WAL must stay too (the next run tries again).
+    sticky = next(b for b in list_base_backups(offsite, "main") if b.date == "2026-11-23")
+    delete = offsite.storage.delete
+    monkeypatch.setattr(
+        offsite.storage, "delete", lambda key: None if key == sticky.catalog_key else delete(key)
+    )
+    monkeypatch.setattr(
+        "pg_backup_assets.core.retention.expire.offsite_repository", lambda _: offsite
+    )
+    wal_before = {o.key for o in list_archive(repo, "main").segments}
+    report = expire(cfg, "main", log=quiet)
+    assert report.wal_kept and sticky.label in report.wal_kept
+    assert {o.key for o in list_archive(repo, "main").segments} == wal_before
+    monkeypatch.undo()
+
     expire_cmd = [str(BIN / "pgbackup"), "--config", str(config), "expire"]
     for delay in (0.6, 0.9, 1.2):
         kill_at(expire_cmd, delay)
@@ -134,13 +161,16 @@ def test_a_killed_expiry_leaves_no_half_backup_listed(ten_days):
                 for record in b.objects.values():
                     assert store.storage.exists(record.key), record.key
     assert kill_at(expire_cmd, 300) == 0
-    assert {b.date for b in list_base_backups(repo, "main")} == {
-        "2026-11-21",
-        "2026-11-24",
-        "2026-11-25",
-        "2026-11-26",
-    }
-    assert pgbackup("verify", "--source", "all", config=config).returncode == 0
+    for store in (repo, offsite):
+        assert {b.date for b in list_base_backups(store, "main")} == {
+            "2026-11-21",
+            "2026-11-24",
+            "2026-11-25",
+            "2026-11-26",
+        }, store.describe()
+    assert not offsite.storage.exists(expired_wal[0].key)  # planned from the offsite too
+    proc = pgbackup("verify", "--source", "all", config=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_a_window_without_a_verified_backup_fails_naming_it(ten_days):

@@ -31,7 +31,7 @@ from pg_backup_assets.core.rehearsal.rehearse import REPORTS
 from pg_backup_assets.core.retention.plan import BackupFacts, Plan, WalFacts, plan
 from pg_backup_assets.core.storage.base import ObjectInfo
 from pg_backup_assets.core.storage.repository import Repository, sweep_staging
-from pg_backup_assets.core.wal.archive import list_archive
+from pg_backup_assets.core.wal.archive import list_archive, recorded_segment_size
 from pg_backup_assets.core.wal.names import parse_segment
 
 LEFTOVER_AGE_S = 24 * 3600  # an object without a catalog entry this old is nobody's work
@@ -44,6 +44,7 @@ class ExpiryReport:
     freed: dict[str, int] = field(default_factory=lambda: {"local": 0, "offsite": 0})
     deleted: dict[str, int] = field(default_factory=lambda: {"local": 0, "offsite": 0})
     deferred: list[str] = field(default_factory=list)  # offsite objects still locked
+    wal_kept: str | None = None  # why this run expired no WAL after all
     swept: list[str] = field(default_factory=list)
 
 
@@ -63,10 +64,18 @@ def expire(
             if lock_days and info.mtime + lock_days * 86400 > now
         }
         backups, wal = gather(repo, cluster, locked)
+        local_wal = {w.key: w.size_bytes for w in wal}
+        if offsite is not None:
+            # What only the offsite store still holds (a repository lost, an expiry that
+            # died halfway) is planned too, or it would stay there for ever.
+            here = {b.key for b in backups}
+            there, there_wal = gather(offsite, cluster, locked)
+            backups += [b for b in there if b.key not in here]
+            wal += [w for w in there_wal if w.key not in local_wal]
         the_plan = plan(backups, wal, config.retention, now, _rehearsal_failed(repo, cluster))
         report = ExpiryReport(the_plan, dry_run)
         if not dry_run:
-            _apply(report, repo, offsite, held, locked, log)
+            _apply(report, repo, offsite, cluster, local_wal, held, locked, log)
             report.swept = _sweep(repo, offsite, held, cluster, now, log)
     kept = sum(1 for d in the_plan.decisions if d.keep)
     log(
@@ -79,11 +88,11 @@ def expire(
 
 
 def gather(
-    repo: Repository, cluster: str, locked: dict[str, float]
+    repo: Repository, cluster: str, locked: dict[str, float], wal: bool = True
 ) -> tuple[list[BackupFacts], list[WalFacts]]:
-    """The planner's view of what the repository holds."""
-    listing = list_archive(repo, cluster)
-    size = listing.segment_size or 16 << 20
+    """The planner's view of what ``repo`` holds (``wal``: its WAL objects too)."""
+    listing = list_archive(repo, cluster) if wal else None
+    size = (listing.segment_size if listing else recorded_segment_size(repo, cluster)) or 16 << 20
     backups = []
     for b in list_base_backups(repo, cluster):
         keys = [r.key for r in b.objects.values()]
@@ -115,16 +124,16 @@ def gather(
                 size_bytes=s.size_bytes,
             )
         )
-    wal = [
+    objects = [
         WalFacts(
             o.key,
             None if o.kind == "history" else parse_segment(o.name[:24], size).segno,
             o.name,
             o.stored_bytes,
         )
-        for o in listing.objects
+        for o in (listing.objects if listing else [])
     ]
-    return backups, wal
+    return backups, objects
 
 
 def _ok(repo: Repository, item: object) -> bool:
@@ -152,6 +161,8 @@ def _apply(
     report: ExpiryReport,
     repo: Repository,
     offsite: Repository | None,
+    cluster: str,
+    local_wal: dict[str, int],
     held: dict[str, ObjectInfo],
     locked: dict[str, float],
     log: Log,
@@ -169,11 +180,28 @@ def _apply(
                     report.deleted[name] += 1
         b = decision.backup
         log(f"expired {b.kind} backup {b.label} ({b.date})")
+    # WAL goes only once no store lists a backup this run expired: a deletion that did
+    # not take must never leave a listed backup without the WAL it needs. The next run
+    # tries again.
+    expired = {d.backup.key for d in report.plan.expired if d.backup.kind == "base"}
+    for name, store in (("the repository", repo), ("the offsite store", offsite)):
+        left = (
+            [b for b in list_base_backups(store, cluster) if b.catalog_key in expired]
+            if store
+            else []
+        )
+        if left:
+            report.wal_kept = (
+                f"{name} still lists the expired base backup {left[0].label} ({left[0].date})"
+            )
+            log(f"no WAL expired this time: {report.wal_kept}")
+            return
     for rng in report.plan.expired_wal:
-        report.freed["local"] += rng.bytes
         for key in rng.keys:
-            repo.storage.delete(key)
-            report.deleted["local"] += 1
+            if key in local_wal:
+                repo.storage.delete(key)
+                report.freed["local"] += local_wal[key]
+                report.deleted["local"] += 1
             if offsite is not None and key in held:
                 if key in locked:
                     report.deferred.append(key)
@@ -184,9 +212,11 @@ def _apply(
 
 
 def _stores(repo, offsite, held, prefix):  # noqa: ANN001, ANN202
-    yield repo, "local", repo.storage.list(prefix)
+    # Offsite first: while the repository still lists the backup, a run that dies here is
+    # finished by the next one (which plans from both stores anyway).
     if offsite is not None:
         yield offsite, "offsite", [i for k, i in held.items() if k.startswith(prefix)]
+    yield repo, "local", repo.storage.list(prefix)
 
 
 def _sweep(

@@ -112,6 +112,8 @@ def expiry_metadata(report: ExpiryReport) -> dict[str, object]:
         md["halted"] = p.halted
     if report.deferred:
         md["deferred_offsite_objects"] = len(report.deferred)
+    if report.wal_kept:
+        md["wal_kept"] = report.wal_kept
     if report.swept:
         md["swept"] = dg.MetadataValue.md("\n".join(f"- {s}" for s in report.swept))
     return md

@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
+# Test processes: the tests mostly wait on servers and subprocesses; one per core.
+WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q -n $(WORKERS) --dist loadfile
 
 .PHONY: setup demo test test-fast test-slow lint format ui clean
 
@@ -12,13 +15,13 @@ demo: setup
 	$(BIN)/pgbackup demo
 
 test: setup lint
-	$(BIN)/pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-slow: setup
-	$(BIN)/pytest -q -m slow
+	$(PYTEST) -m slow
 
 lint: setup
 	$(BIN)/ruff check .

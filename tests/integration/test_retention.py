@@ -151,6 +151,9 @@ def test_a_killed_expiry_leaves_no_half_backup_listed(ten_days, monkeypatch):
     report = expire(cfg, "main", log=quiet)
     assert report.wal_kept and sticky.label in report.wal_kept
     assert {o.key for o in list_archive(repo, "main").segments} == wal_before
+    for store in (repo, offsite):  # still listed, and whole
+        kept = [b for b in list_base_backups(store, "main") if b.date == "2026-11-23"]
+        assert kept and all(store.storage.exists(r.key) for r in kept[0].objects.values())
     monkeypatch.undo()
 
     expire_cmd = [str(BIN / "pgbackup"), "--config", str(config), "expire"]

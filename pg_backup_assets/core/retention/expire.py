@@ -173,13 +173,21 @@ def _apply(
         for store, name, listing in _stores(repo, offsite, held, prefix):
             if store.storage.exists(decision.backup.key):
                 store.storage.delete(decision.backup.key)
+                if store.storage.exists(decision.backup.key):
+                    # Still listed: it stays whole, here and in the stores after this one.
+                    report.wal_kept = (
+                        f"deleting {decision.backup.key} from the {name} store did not take"
+                    )
+                    log(f"kept {decision.backup.label} for now: {report.wal_kept}")
+                    break
             for info in listing:
                 if info.key != decision.backup.key:
                     store.storage.delete(info.key)
                     report.freed[name] += info.size
                     report.deleted[name] += 1
-        b = decision.backup
-        log(f"expired {b.kind} backup {b.label} ({b.date})")
+        else:
+            b = decision.backup
+            log(f"expired {b.kind} backup {b.label} ({b.date})")
     # WAL goes only once no store lists a backup this run expired: a deletion that did
     # not take must never leave a listed backup without the WAL it needs. The next run
     # tries again.

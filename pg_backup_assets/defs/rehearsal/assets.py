@@ -8,8 +8,8 @@ from pg_backup_assets.defs.check_names import (
     RPO_WITHIN_TARGET,
     RTO_WITHIN_TARGET,
 )
-from pg_backup_assets.defs.context import ClusterContext
-from pg_backup_assets.defs.resources import HEAVY_POOL, PgBackupResource
+from pg_backup_assets.defs.context import REPOSITORY_KIND, ClusterContext
+from pg_backup_assets.defs.resources import PgBackupResource
 from pg_backup_assets.defs.tables import table_metadata
 
 
@@ -24,10 +24,11 @@ def build_restore_rehearsal(c: ClusterContext) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
         deps=[c.key(a) for a in upstream],
-        group_name=c.group,
+        **c.labels(),
         partitions_def=c.weekly,
-        pool=HEAVY_POOL,
-        kinds={"postgres"},
+        pool=c.pool,
+        # It restores from the offsite store when there is one, else from the repository.
+        kinds={"postgres", c.offsite_kind or REPOSITORY_KIND},
         freshness_policy=c.weekly_freshness,
         check_specs=[
             dg.AssetCheckSpec(REHEARSAL_PASSED, asset=key, blocking=True),

@@ -3,21 +3,25 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast test-slow lint format ui clean
+.PHONY: setup setup-test demo test test-fast test-slow lint format ui screenshots clean
 
 setup:
 	@scripts/bootstrap
 
+# What the tests need besides: Debian's chromium for the UI test (installed when root).
+setup-test:
+	@scripts/bootstrap --browser
+
 demo: setup
 	$(BIN)/pgbackup demo
 
-test: setup lint
+test: setup-test lint
 	$(BIN)/pytest -q
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
-test-slow: setup
+test-slow: setup-test
 	$(BIN)/pytest -q -m slow
 
 lint: setup
@@ -33,8 +37,14 @@ ui: setup
 	DAGSTER_HOME=$(CURDIR)/.demo/dagster_home PGBACKUP_CONFIG=$(CURDIR)/.demo/pgbackup.yaml \
 	  $(BIN)/dagster dev -w workspace.yaml
 
+# The README's pictures, taken by the UI test from a fresh two-cluster fleet (every page it
+# visits stays in tests/artifacts/).
+screenshots: setup-test
+	$(BIN)/pytest -q tests/integration/test_fleet_ui.py
+	cp tests/artifacts/ui-graph.png tests/artifacts/ui-failed-check.png docs/
+
 clean:
-	rm -rf .demo .pytest_cache .ruff_cache
+	rm -rf .demo .pytest_cache .ruff_cache tests/artifacts
 
 # Side-by-side benchmark: `pgbackup wal-push` against pgBackRest's archive-push (installs
 # Debian's pgbackrest when missing, benchmark only; writes BENCHMARKS.md). See bench/README.md.
@@ -61,3 +71,4 @@ bench-s3: setup
 .PHONY: bench-retention
 bench-retention: setup
 	$(BIN)/python bench/retention.py $(BENCH_ARGS)
+

@@ -72,3 +72,13 @@ bench-s3: setup
 bench-retention: setup
 	$(BIN)/python bench/retention.py $(BENCH_ARGS)
 
+# Every benchmark above, one after another (never two at once: they measure the machine),
+# each rewriting its own section of BENCHMARKS.md: about 25 minutes on a quiet machine, more
+# while one waits for quiet. BENCH_ARGS reaches each of them, so give only the options they
+# share (--render-only, --no-report). See bench/README.md.
+.PHONY: bench
+bench: setup
+	$(MAKE) bench-wal
+	$(MAKE) bench-base
+	$(MAKE) bench-s3
+	$(MAKE) bench-retention

@@ -157,7 +157,6 @@ def fleet(s3_endpoint) -> Iterator[Fleet]:  # noqa: ANN001
     servers = {name: LocalCluster(base / name) for name in CLUSTERS}
     today = dt.datetime.now(dt.UTC).date().isoformat()
     start = (dt.date.fromisoformat(today) - dt.timedelta(days=DAYS_BEFORE)).isoformat()
-    saved_env = dict(os.environ)
     try:
         storage.init(fast=True).start()
         with psycopg.connect(storage.dsn(), autocommit=True) as conn:
@@ -167,15 +166,18 @@ def fleet(s3_endpoint) -> Iterator[Fleet]:  # noqa: ANN001
             server.init(archiving_settings(config, name), fast=True).start()
         home = base / "dagster_home"
         instance_yaml(home)
-        os.environ.update(
-            DAGSTER_PG_HOST="127.0.0.1",
-            DAGSTER_PG_PORT=str(storage.port),
-            DAGSTER_PG_DB="dagster",
-            DAGSTER_PG_USER="postgres",
-            DAGSTER_PG_PASSWORD="unused-on-trust",
-        )
         log = base / "daemon.log"
-        with contextlib.ExitStack() as daemon_running:
+        with pytest.MonkeyPatch.context() as env, contextlib.ExitStack() as daemon_running:
+            # What the fleet yaml reads from the environment, for this process (the test
+            # reads the instance too) and the daemon's and webserver's, until teardown.
+            for var, value in {
+                "DAGSTER_PG_HOST": "127.0.0.1",
+                "DAGSTER_PG_PORT": str(storage.port),
+                "DAGSTER_PG_DB": "dagster",
+                "DAGSTER_PG_USER": "postgres",
+                "DAGSTER_PG_PASSWORD": "unused-on-trust",
+            }.items():
+                env.setenv(var, value)
             # The daemon loads the code while the webserver does; it stops once the backups
             # are done, and the UI test sees a fleet at rest.
             daemon_running.enter_context(daemon(home, config, log))
@@ -194,8 +196,6 @@ def fleet(s3_endpoint) -> Iterator[Fleet]:  # noqa: ANN001
                     base, home, config, storage.dsn("dagster"), ui_url, runs, today, start, log
                 )
     finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
         for server in (*servers.values(), storage):
             server.stop(mode="immediate")
         shutil.rmtree(base, ignore_errors=True)

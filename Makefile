@@ -4,23 +4,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Test processes: the tests mostly wait on servers and subprocesses; one per core.
 WORKERS ?= 2
-PYTEST := $(BIN)/pytest -q -n $(WORKERS) --dist loadfile
+# Tests are dealt out one by one; files whose tests share an expensive fixture are
+# marked xdist_group and stay in one process.
+PYTEST := $(BIN)/pytest -q -n $(WORKERS) --dist loadgroup
 
-.PHONY: setup demo test test-fast test-slow lint format ui clean
+.PHONY: setup setup-test demo test test-fast test-slow lint format ui screenshots clean
 
 setup:
 	@scripts/bootstrap
 
+# What the tests need besides: Debian's chromium for the UI test (installed when root).
+setup-test:
+	@scripts/bootstrap --browser
+
 demo: setup
 	$(BIN)/pgbackup demo
 
-test: setup lint
+test: setup-test lint
 	$(PYTEST)
 
 test-fast: setup
 	$(PYTEST) -m "not slow"
 
-test-slow: setup
+test-slow: setup-test
 	$(PYTEST) -m slow
 
 lint: setup
@@ -36,8 +42,14 @@ ui: setup
 	DAGSTER_HOME=$(CURDIR)/.demo/dagster_home PGBACKUP_CONFIG=$(CURDIR)/.demo/pgbackup.yaml \
 	  $(BIN)/dagster dev -w workspace.yaml
 
+# The README's pictures, taken by the UI test from a fresh two-cluster fleet (every page it
+# visits stays in tests/artifacts/).
+screenshots: setup-test
+	$(BIN)/pytest -q tests/integration/test_fleet_ui.py
+	cp tests/artifacts/ui-graph.png tests/artifacts/ui-failed-check.png docs/
+
 clean:
-	rm -rf .demo .pytest_cache .ruff_cache
+	rm -rf .demo .pytest_cache .ruff_cache tests/artifacts
 
 # Side-by-side benchmark: `pgbackup wal-push` against pgBackRest's archive-push (installs
 # Debian's pgbackrest when missing, benchmark only; writes BENCHMARKS.md). See bench/README.md.
@@ -64,3 +76,14 @@ bench-s3: setup
 .PHONY: bench-retention
 bench-retention: setup
 	$(BIN)/python bench/retention.py $(BENCH_ARGS)
+
+# Every benchmark above, one after another (never two at once: they measure the machine),
+# each rewriting its own section of BENCHMARKS.md: about 25 minutes on a quiet machine, more
+# while one waits for quiet. BENCH_ARGS reaches each of them, so give only the options they
+# share (--render-only, --no-report). See bench/README.md.
+.PHONY: bench
+bench: setup
+	$(MAKE) bench-wal
+	$(MAKE) bench-base
+	$(MAKE) bench-s3
+	$(MAKE) bench-retention

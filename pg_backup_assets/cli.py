@@ -384,10 +384,14 @@ def _cmd_rehearse(args: argparse.Namespace) -> int:
             )
         for c in report.checks:
             print(f"  {c['check']:<14} {'ok' if c['ok'] else 'FAILED'}: {c['detail']}")
-        print(
-            f"RTO {report.rto_s:.1f}s (fetch {report.phases.get('fetch_s', 0):.1f}s, replay "
-            f"{report.phases.get('replay_s', 0):.1f}s); RPO {report.rpo_s:.0f}s"
+        rto = (
+            f"RTO {report.rto_s:.1f}s (fetch {report.phases['fetch_s']:.1f}s, replay "
+            f"{report.phases['replay_s']:.1f}s)"
+            if report.rto_s is not None
+            else "RTO not measured"
         )
+        rpo = f"RPO {report.rpo_s:.0f}s" if report.rpo_s is not None else "RPO not measured"
+        print(f"{rto}; {rpo}")
     for p in report.problems:
         print(f"pgbackup: {p}", file=sys.stderr)
     return 0 if report.passed else 1

@@ -435,12 +435,17 @@ def _print_summary(
     )
     r = s.rehearsal
     if r:
+
+        def took(key: str, digits: int = 1) -> str:
+            # A rehearsal that failed early measured less; its metadata leaves the rest out.
+            return f"{r[key]:.{digits}f}s" if key in r else "not measured"
+
         _row(
             "restore rehearsal",
             f"from the {r['source']} copy to {r.get('restore_point', '?')}: RTO "
-            f"{r['rto_s']:.1f}s (fetch {r['fetch_s']:.1f}s + replay {r['replay_s']:.1f}s), "
-            f"verify {r['verify_s']:.1f}s, dump restore {r['dump_restore_s']:.1f}s, "
-            f"RPO {r['rpo_s']:.0f}s",
+            f"{took('rto_s')} (fetch {took('fetch_s')} + replay {took('replay_s')}), "
+            f"verify {took('verify_s')}, dump restore {took('dump_restore_s')}, "
+            f"RPO {took('rpo_s', 0)}",
         )
         for row in r["verdict"].records:
             d = row.data

@@ -22,6 +22,12 @@ CONFIG_ENV = "PGBACKUP_CONFIG"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Dagster's rules for asset tags (keys with an optional namespace, short plain values) and
+# owners (an email address or a team), checked here so that a bad one is a config error.
+_TAG_KEY = re.compile(r"^([A-Za-z0-9_.-]{1,63}/)?[A-Za-z0-9_.-]{1,63}$")
+_TAG_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,7}$")
+RESERVED_TAG_PREFIXES = ("dagster/", "pgbackup/")
 
 
 def dagster_name(cluster: str) -> str:
@@ -58,6 +64,12 @@ class ClusterConfig:
     databases: tuple[str, ...] | None = None  # None: every non-template database
     rpo_seconds: int = 300
     rto_seconds: int = 1800
+    # The database server it runs on, for "at most N backups at once per host"; None: the
+    # DSN's host (core.postgres.client.db_host).
+    db_host: str | None = None
+    owners: tuple[str, ...] = ()  # shown on every asset of the cluster: emails, "team:NAME"
+    tags: tuple[tuple[str, str], ...] = ()  # asset tags of every asset of the cluster
+    description: str | None = None  # what the cluster is, in the operator's words (the UI)
 
 
 @dataclass(frozen=True)
@@ -450,7 +462,15 @@ def _cluster(name: Any, value: Any, need_dsn_secrets: bool = True) -> ClusterCon
         body,
         key,
         required={"dsn"},
-        optional={"databases", "rpo_seconds", "rto_seconds"},
+        optional={
+            "databases",
+            "rpo_seconds",
+            "rto_seconds",
+            "db_host",
+            "owners",
+            "tags",
+            "description",
+        },
     )
     dsn = _str(body["dsn"], f"{key}.dsn", secret=True, strict=need_dsn_secrets)
     databases = None
@@ -467,7 +487,63 @@ def _cluster(name: Any, value: Any, need_dsn_secrets: bool = True) -> ClusterCon
         databases=databases,
         rpo_seconds=_positive_int(body.get("rpo_seconds", 300), f"{key}.rpo_seconds"),
         rto_seconds=_positive_int(body.get("rto_seconds", 1800), f"{key}.rto_seconds"),
+        db_host=_db_host(body.get("db_host"), f"{key}.db_host"),
+        owners=_owners(body.get("owners"), f"{key}.owners"),
+        tags=_tags(body.get("tags"), f"{key}.tags"),
+        description=_opt_str(body.get("description"), f"{key}.description"),
     )
+
+
+def _db_host(value: Any, key: str) -> str | None:
+    if value is None:
+        return None
+    host = _str(value, key)
+    if not _TAG_VALUE.match(host):
+        raise ConfigError(
+            f"config key {key!r}: expected a host name of letters, digits, '.', '-' and '_' "
+            f"(at most 63), got {host!r}"
+        )
+    return host
+
+
+def _owners(value: Any, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"config key {key!r}: expected a list, got {_kind(value)}")
+    for i, owner in enumerate(value):
+        team = isinstance(owner, str) and owner.startswith("team:") and len(owner) > 5
+        if not (team or (isinstance(owner, str) and _EMAIL.match(owner))):
+            raise ConfigError(
+                f"config key '{key}[{i}]': expected an email address or 'team:NAME', "
+                f"got {_kind(owner)}"
+            )
+    return tuple(value)
+
+
+def _tags(value: Any, key: str) -> tuple[tuple[str, str], ...]:
+    body = _mapping(value if value is not None else {}, key)
+    tags = []
+    for k, v in body.items():
+        if not isinstance(k, str) or not _TAG_KEY.match(k):
+            raise ConfigError(
+                f"config key '{key}.{k}': a tag name is letters, digits, '.', '-' and '_' (at "
+                "most 63), with an optional 'namespace/' before it"
+            )
+        if k.startswith(RESERVED_TAG_PREFIXES):
+            raise ConfigError(
+                f"config key '{key}.{k}': tags starting with "
+                f"{' or '.join(RESERVED_TAG_PREFIXES)} are set by pg-backup-assets itself"
+            )
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        if not isinstance(v, str) or not _TAG_VALUE.match(v):
+            raise ConfigError(
+                f"config key '{key}.{k}': a tag value is letters, digits, '.', '-' and '_' "
+                f"(at most 63), got {_kind(v)}"
+            )
+        tags.append((k, v))
+    return tuple(tags)
 
 
 def _offsite(value: Any, base: Path) -> Offsite:

@@ -12,5 +12,7 @@ def size_anomaly_result(size_bytes: int, history: list[int]) -> dg.AssetCheckRes
         passed=verdict.ok,
         severity=dg.AssetCheckSeverity.WARN,
         description=verdict.message,
-        metadata={"size_bytes": size_bytes, "median_bytes": verdict.median_bytes or 0},
+        # No history yet: no median, rather than a zero that would spoil its plot.
+        metadata={"size_bytes": size_bytes}
+        | ({"median_bytes": verdict.median_bytes} if verdict.median_bytes is not None else {}),
     )

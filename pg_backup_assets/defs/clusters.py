@@ -6,6 +6,7 @@ from pg_backup_assets.core.config import Config
 from pg_backup_assets.defs.base.assets import build_base_backup
 from pg_backup_assets.defs.base.checks import build_base_backup_verified
 from pg_backup_assets.defs.context import ClusterContext
+from pg_backup_assets.defs.descriptions import with_config_facts
 from pg_backup_assets.defs.dumps.assets import build_logical_dump
 from pg_backup_assets.defs.dumps.checks import build_dump_restorable
 from pg_backup_assets.defs.offsite.assets import (
@@ -14,6 +15,7 @@ from pg_backup_assets.defs.offsite.assets import (
     build_offsite_wal,
 )
 from pg_backup_assets.defs.offsite.checks import build_offsite_checks
+from pg_backup_assets.defs.offsite.unconfigured import build_three_two_one_without_offsite
 from pg_backup_assets.defs.rehearsal.assets import build_restore_rehearsal
 from pg_backup_assets.defs.retention.assets import build_retention_expiry, build_tiers
 from pg_backup_assets.defs.schedules import (
@@ -39,8 +41,11 @@ def build_cluster_defs(c: ClusterContext, jobs: ClusterJobs, config: Config) -> 
     if c.offsite:
         assets += [build_offsite_dump(c), build_offsite_base_backup(c), build_offsite_wal(c)]
         checks += [*build_offsite_checks(c, "dump"), *build_offsite_checks(c, "base_backup")]
+    else:
+        # Without an offsite store the rule is broken, and the UI says so where the backups are.
+        checks += [build_three_two_one_without_offsite(c, w) for w in ("dump", "base_backup")]
     return dg.Definitions(
-        assets=assets,
+        assets=with_config_facts(assets, config, c.name),
         asset_checks=checks,
         jobs=jobs.all(),
         schedules=[

@@ -5,6 +5,8 @@ from pg_backup_assets.core.config import Config, load_config
 from pg_backup_assets.core.offsite.store import offsite_repository
 from pg_backup_assets.core.storage.repository import Repository
 
+# The pool of restores launched by hand (restore_to_point_in_time); a cluster's scheduled
+# heavy work runs in its database host's pool, f"{HEAVY_POOL}@{host}" (defs/context.py).
 HEAVY_POOL = "pg_backup_heavy"
 
 

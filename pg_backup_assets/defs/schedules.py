@@ -9,7 +9,7 @@ import dagster as dg
 
 from pg_backup_assets.core.config import Schedules
 from pg_backup_assets.core.rehearsal.rehearse import week_of
-from pg_backup_assets.defs.context import ClusterContext
+from pg_backup_assets.defs.context import HOST_TAG, ClusterContext
 from pg_backup_assets.defs.jobs import AssetJob
 
 # A failed backup run is retried once, from the step that failed (a dropped connection
@@ -31,12 +31,18 @@ class ClusterJobs:
 
 
 def build_jobs(c: ClusterContext) -> ClusterJobs:
-    def job(name: str, assets: list[str], description: str, partitioned: bool = True):  # noqa: ANN202
+    def job(  # noqa: ANN202
+        name: str, assets: list[str], description: str, partitioned: bool = True, heavy: bool = True
+    ):
+        # Heavy runs carry their database host: the run queue's tag concurrency limit
+        # (dagster.yaml) lets at most N of them per host start; their heavy steps share the
+        # host's pool. Shipping WAL and promoting tiers are light and never wait for them.
+        host = {HOST_TAG: c.host} if heavy else {}
         return dg.define_asset_job(
             name=f"{c.group}_{name}",
             # An asset selection brings the assets' checks along; the partitions are theirs.
             selection=dg.AssetSelection.assets(*(c.key(a) for a in assets)),
-            tags={**c.run_tags, **(_RETRY if partitioned else {})},
+            tags={**c.run_tags, **host, **(_RETRY if partitioned else {})},
             description=description,
         )
 
@@ -55,7 +61,11 @@ def build_jobs(c: ClusterContext) -> ClusterJobs:
             f"A base backup of {c.name} and its offsite copy (also after a WAL gap).",
         ),
         offsite_wal=job(
-            "offsite_wal", ["offsite_wal"], f"Ship {c.name}'s new WAL offsite.", partitioned=False
+            "offsite_wal",
+            ["offsite_wal"],
+            f"Ship {c.name}'s new WAL offsite.",
+            partitioned=False,
+            heavy=False,
         )
         if c.offsite
         else None,
@@ -69,6 +79,7 @@ def build_jobs(c: ClusterContext) -> ClusterJobs:
                 f"{tier}_retention",
                 [f"{tier}_retention"],
                 f"Promote the newest verified backup of the last {tier[:-2]} into the {tier} tier.",
+                heavy=False,
             )
             for tier in ("weekly", "monthly", "yearly")
         },

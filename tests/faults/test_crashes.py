@@ -24,7 +24,8 @@ from tests.conftest import _reachable_tmpdir, archiving_settings, make_bucket, w
 from tests.faults.helpers import PYTHON, engine, kill_at
 from tests.integration.test_cli import BIN, pgbackup
 
-pytestmark = pytest.mark.slow
+# One test process builds this file's shared fixture (`make test` runs two).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("crashes")]
 SEED = 20261129  # the "random" moments are the same on every run, and differ from each other
 
 

@@ -31,6 +31,9 @@ from tests.integration.test_wal_archive import sql, switch_and_wait_archived
 
 DAY = "2026-11-26"
 
+# One test process builds this file's shared fixture (`make test` runs two).
+pytestmark = pytest.mark.xdist_group("pitr")
+
 
 @dataclass
 class Scenario:

@@ -276,3 +276,42 @@ def test_rehearsal_settings_are_read_and_checked():
 )
 def test_bad_rehearsal_settings_are_named(extra, named):
     assert named in error_of(BASE + extra + "\n")
+
+
+def test_owners_tags_and_db_host_are_read():
+    config = parse(
+        "repository: r\nclusters:\n  main:\n    dsn: 'host=db-1.internal port=5433'\n"
+        "    owners: [dba@example.com, 'team:platform']\n"
+        "    tags: {env: prod, tier: 1, team/cost-center: db.ops}\n"
+        "    db_host: db-1\n"
+        "    description: Orders of the EU shop\n"
+        "  other: {dsn: 'host=db-2'}\n"
+    )
+    main, other = config.cluster("main"), config.cluster("other")
+    assert main.owners == ("dba@example.com", "team:platform")
+    assert dict(main.tags) == {"env": "prod", "tier": "1", "team/cost-center": "db.ops"}
+    assert main.db_host == "db-1"
+    assert main.description == "Orders of the EU shop"
+    assert (other.owners, other.tags, other.db_host, other.description) == ((), (), None, None)
+
+
+@pytest.mark.parametrize(
+    "cluster, named",
+    [
+        ("{dsn: x, owners: [bob]}", "'clusters.main.owners[0]'"),
+        ("{dsn: x, owners: ['team:']}", "'clusters.main.owners[0]'"),
+        ("{dsn: x, owners: dba@example.com}", "'clusters.main.owners'"),
+        ("{dsn: x, tags: {'has space': x}}", "'clusters.main.tags.has space'"),
+        ("{dsn: x, tags: {env: 'two words'}}", "'clusters.main.tags.env'"),
+        ("{dsn: x, tags: {env: yes}}", "'clusters.main.tags.env'"),
+        ("{dsn: x, tags: {pgbackup/host: db-9}}", "'clusters.main.tags.pgbackup/host'"),
+        ("{dsn: x, tags: {dagster/kind/s3: ''}}", "'clusters.main.tags.dagster/kind/s3'"),
+        ("{dsn: x, tags: [env]}", "'clusters.main.tags'"),
+        ("{dsn: x, db_host: 'db 1'}", "'clusters.main.db_host'"),
+        ("{dsn: x, description: [a, b]}", "'clusters.main.description'"),
+        ("{dsn: x, owner: [a@b.io]}", "'clusters.main.owner'"),
+    ],
+)
+def test_bad_owners_tags_and_db_host_are_named(cluster, named):
+    message = error_of(f"repository: r\nclusters: {{main: {cluster}}}\n")
+    assert named in message and "\n" not in message

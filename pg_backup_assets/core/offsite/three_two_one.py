@@ -27,7 +27,7 @@ def three_two_one(config: Config, local_ok: bool, offsite_ok: bool) -> RuleVerdi
     is_offsite = False
     off = config.offsite
     if off is None:
-        notes.append("no offsite store is configured")
+        notes.append("no offsite store is configured (config key 'offsite')")
     elif off.s3 is not None:
         media.add("object storage")
         host = urlparse(off.s3.endpoint_url).hostname if off.s3.endpoint_url else None

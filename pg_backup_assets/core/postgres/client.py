@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -69,6 +70,23 @@ def with_dbname(dsn: str, dbname: str) -> str:
         raise ConfigError(INVALID_DSN) from None
     params["dbname"] = dbname
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+
+
+def db_host(dsn: str, explicit: str | None = None) -> str:
+    """The database server a DSN points at, as one word (a Dagster tag value and pool
+    name): ``explicit`` when the config names it (``clusters.<c>.db_host``), else the DSN's
+    first host, ``localhost`` for a Unix socket or no host at all (libpq's default). Two
+    names of one machine are two hosts to Dagster: name it in the config then."""
+    if explicit:
+        return explicit
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise ConfigError(INVALID_DSN) from None
+    host = str(params.get("host") or params.get("hostaddr") or "").split(",")[0].strip()
+    if not host or host.startswith("/") or host.startswith("@"):
+        return "localhost"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", host)[:63]
 
 
 def connect(dsn: str, **kwargs: object) -> psycopg.Connection:

@@ -58,8 +58,8 @@ class RehearsalReport:
     wal: list[str] = field(default_factory=list)  # [first, last] segment the restore used
     pinned: bool = False
     phases: dict[str, float] = field(default_factory=dict)
-    rto_s: float = 0.0
-    rpo_s: float = 0.0
+    rto_s: float | None = None  # None: not measured (the restore never got that far)
+    rpo_s: float | None = None
     restored_bytes: int = 0
     tables: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)  # amcheck, checksums, queries

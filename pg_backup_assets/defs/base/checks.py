@@ -30,4 +30,5 @@ def build_base_backup_verified(c: ClusterContext) -> dg.AssetChecksDefinition:
         asset=c.key("base_backup"),
         name=BASE_BACKUP_VERIFIED,
         blocking=True,
+        pool=c.pool,
     )

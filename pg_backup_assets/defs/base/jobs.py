@@ -74,10 +74,11 @@ def restore_op(
         metadata.update(
             replay_s=round(result.replay_s or 0, 3),
             rto_s=round(result.fetch_extract_s + (result.replay_s or 0), 3),
-            reached_lsn=result.reached_lsn or "",
             server=redact_dsn(result.dsn()),
             stop_with=result.server.stop_command(),
         )
+        if result.reached_lsn:
+            metadata["reached_lsn"] = result.reached_lsn
         context.log.info(f"the restored server runs: {redact_dsn(result.dsn())}")
     return dg.Output(str(result.data_dir), metadata=metadata)
 

@@ -6,8 +6,8 @@ from pg_backup_assets.core.dumps.dump import take_dump_set
 from pg_backup_assets.core.progress import throughput_mib_s
 from pg_backup_assets.defs.anomalies import size_anomaly_result
 from pg_backup_assets.defs.check_names import SIZE_ANOMALY
-from pg_backup_assets.defs.context import ClusterContext
-from pg_backup_assets.defs.resources import HEAVY_POOL, PgBackupResource
+from pg_backup_assets.defs.context import REPOSITORY_KIND, ClusterContext
+from pg_backup_assets.defs.resources import PgBackupResource
 
 
 def build_logical_dump(c: ClusterContext) -> dg.AssetsDefinition:
@@ -15,10 +15,10 @@ def build_logical_dump(c: ClusterContext) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        group_name=c.group,
+        **c.labels(),
         partitions_def=c.daily,
-        pool=HEAVY_POOL,
-        kinds={"postgres"},
+        pool=c.pool,
+        kinds={"postgres", REPOSITORY_KIND},
         freshness_policy=c.daily_freshness,
         check_specs=[dg.AssetCheckSpec(SIZE_ANOMALY, asset=key)],
     )

@@ -31,5 +31,10 @@ def build_dump_restorable(c: ClusterContext) -> dg.AssetChecksDefinition:
         )
 
     return daily_check(
-        dump_restorable, c.daily, asset=c.key("logical_dump"), name=DUMP_RESTORABLE, blocking=True
+        dump_restorable,
+        c.daily,
+        asset=c.key("logical_dump"),
+        name=DUMP_RESTORABLE,
+        blocking=True,
+        pool=c.pool,
     )

@@ -37,9 +37,10 @@ def build_offsite_dump(c: ClusterContext) -> dg.AssetsDefinition:
     @dg.asset(
         key=c.key("offsite_dump"),
         deps=[c.key("logical_dump")],
-        group_name=c.group,
+        **c.labels(),
         partitions_def=c.daily,
-        kinds={"s3"},
+        pool=c.pool,
+        kinds={c.offsite_kind},
         freshness_policy=c.daily_freshness,
     )
     def offsite_dump(
@@ -63,9 +64,10 @@ def build_offsite_base_backup(c: ClusterContext) -> dg.AssetsDefinition:
     @dg.asset(
         key=c.key("offsite_base_backup"),
         deps=[c.key("base_backup")],
-        group_name=c.group,
+        **c.labels(),
         partitions_def=c.daily,
-        kinds={"s3"},
+        pool=c.pool,
+        kinds={c.offsite_kind},
         freshness_policy=c.daily_freshness,
     )
     def offsite_base_backup(
@@ -93,8 +95,9 @@ def build_offsite_wal(c: ClusterContext) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
         deps=[c.key("wal_archive")],
-        group_name=c.group,
-        kinds={"s3"},
+        **c.labels(),
+        # Not in the host's pool: shipping WAL must not wait behind a base backup (RPO).
+        kinds={c.offsite_kind},
         check_specs=[dg.AssetCheckSpec(OFFSITE_WAL_FRESH, asset=key)],
     )
     def offsite_wal(pgbackup: PgBackupResource, s3: S3Resource) -> dg.MaterializeResult:

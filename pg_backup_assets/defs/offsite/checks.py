@@ -46,7 +46,12 @@ def build_offsite_checks(c: ClusterContext, what: str) -> list[dg.AssetChecksDef
 
     return [
         daily_check(
-            offsite_copy_matches, c.daily, asset=key, name=OFFSITE_COPY_MATCHES, blocking=True
+            offsite_copy_matches,
+            c.daily,
+            asset=key,
+            name=OFFSITE_COPY_MATCHES,
+            blocking=True,
+            pool=c.pool,
         ),
-        daily_check(three_two_one, c.daily, asset=key, name=THREE_TWO_ONE),
+        daily_check(three_two_one, c.daily, asset=key, name=THREE_TWO_ONE, pool=c.pool),
     ]

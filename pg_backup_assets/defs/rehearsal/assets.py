@@ -8,8 +8,8 @@ from pg_backup_assets.defs.check_names import (
     RPO_WITHIN_TARGET,
     RTO_WITHIN_TARGET,
 )
-from pg_backup_assets.defs.context import ClusterContext
-from pg_backup_assets.defs.resources import HEAVY_POOL, PgBackupResource
+from pg_backup_assets.defs.context import REPOSITORY_KIND, ClusterContext
+from pg_backup_assets.defs.resources import PgBackupResource
 from pg_backup_assets.defs.tables import table_metadata
 
 
@@ -24,10 +24,11 @@ def build_restore_rehearsal(c: ClusterContext) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
         deps=[c.key(a) for a in upstream],
-        group_name=c.group,
+        **c.labels(),
         partitions_def=c.weekly,
-        pool=HEAVY_POOL,
-        kinds={"postgres"},
+        pool=c.pool,
+        # It restores from the offsite store when there is one, else from the repository.
+        kinds={"postgres", c.offsite_kind or REPOSITORY_KIND},
         freshness_policy=c.weekly_freshness,
         check_specs=[
             dg.AssetCheckSpec(REHEARSAL_PASSED, asset=key, blocking=True),
@@ -54,41 +55,57 @@ def build_restore_rehearsal(c: ClusterContext) -> dg.AssetsDefinition:
                     f"{len(report.tables)} tables identical, every check passed",
                     metadata={"mismatches": report.mismatches, "problems": len(report.problems)},
                 ),
-                dg.AssetCheckResult(
-                    check_name=RTO_WITHIN_TARGET,
-                    passed=0 < report.rto_s <= cluster.rto_seconds,
-                    description=f"a usable server in {report.rto_s:.1f}s (fetch + extract "
-                    f"{report.phases.get('fetch_s', 0):.1f}s, replay "
-                    f"{report.phases.get('replay_s', 0):.1f}s); rto_seconds is "
-                    f"{cluster.rto_seconds}",
-                    metadata={"rto_s": report.rto_s, "rto_seconds": cluster.rto_seconds},
-                ),
-                dg.AssetCheckResult(
-                    check_name=RPO_WITHIN_TARGET,
-                    passed=report.rpo_s <= cluster.rpo_seconds,
-                    description=f"the newest WAL in the {report.source} store was "
-                    f"{report.rpo_s:.0f}s old when the rehearsal began; rpo_seconds is "
-                    f"{cluster.rpo_seconds}",
-                    metadata={"rpo_s": report.rpo_s, "rpo_seconds": cluster.rpo_seconds},
-                ),
+                rto_result(report, cluster.rto_seconds),
+                rpo_result(report, cluster.rpo_seconds),
             ],
         )
 
     return restore_rehearsal
 
 
+def rto_result(report: RehearsalReport, rto_seconds: int) -> dg.AssetCheckResult:
+    if report.rto_s is None:
+        return dg.AssetCheckResult(
+            check_name=RTO_WITHIN_TARGET,
+            passed=False,
+            description="no usable server: the restore did not get that far (see rehearsal_passed)",
+            metadata={"rto_seconds": rto_seconds},
+        )
+    return dg.AssetCheckResult(
+        check_name=RTO_WITHIN_TARGET,
+        passed=report.rto_s <= rto_seconds,
+        description=f"a usable server in {report.rto_s:.1f}s (fetch + extract "
+        f"{report.phases['fetch_s']:.1f}s, replay {report.phases['replay_s']:.1f}s); "
+        f"rto_seconds is {rto_seconds}",
+        metadata={"rto_s": report.rto_s, "rto_seconds": rto_seconds},
+    )
+
+
+def rpo_result(report: RehearsalReport, rpo_seconds: int) -> dg.AssetCheckResult:
+    if report.rpo_s is None:
+        return dg.AssetCheckResult(
+            check_name=RPO_WITHIN_TARGET,
+            passed=False,
+            description=f"the age of the newest WAL in the {report.source} store could not be "
+            "measured (see rehearsal_passed)",
+            metadata={"rpo_seconds": rpo_seconds},
+        )
+    return dg.AssetCheckResult(
+        check_name=RPO_WITHIN_TARGET,
+        passed=report.rpo_s <= rpo_seconds,
+        description=f"the newest WAL in the {report.source} store was {report.rpo_s:.0f}s old "
+        f"when the rehearsal began; rpo_seconds is {rpo_seconds}",
+        metadata={"rpo_s": report.rpo_s, "rpo_seconds": rpo_seconds},
+    )
+
+
 def report_metadata(report: RehearsalReport, runbook: str) -> dict[str, object]:
-    """Numbers the UI plots, the verdict per table, and the runbook that worked."""
-    phases = report.phases
+    """Numbers the UI plots, the verdict per table, and the runbook that worked. What was
+    not measured (a rehearsal that failed early) is left out, not plotted as zero."""
+    phases = ("fetch_s", "replay_s", "verify_s", "dump_restore_s", "total_s")
     md: dict[str, object] = {
-        "rto_s": report.rto_s,
-        "rpo_s": report.rpo_s,
-        "fetch_s": phases.get("fetch_s", 0.0),
-        "replay_s": phases.get("replay_s", 0.0),
-        "verify_s": phases.get("verify_s", 0.0),
-        "dump_restore_s": phases.get("dump_restore_s", 0.0),
-        "total_s": phases.get("total_s", 0.0),
-        "restored_bytes": report.restored_bytes,
+        **{k: v for k in ("rto_s", "rpo_s") if (v := getattr(report, k)) is not None},
+        **{k: report.phases[k] for k in phases if k in report.phases},
         "tables_checked": len(report.tables) + len(report.dump.get("tables", [])),
         "mismatches": report.mismatches,
         "source": report.source,
@@ -97,7 +114,7 @@ def report_metadata(report: RehearsalReport, runbook: str) -> dict[str, object]:
         "runbook": dg.MetadataValue.md(runbook),
     }
     if report.backup:
-        md["backup"] = report.backup
+        md.update(backup=report.backup, restored_bytes=report.restored_bytes)
     if report.point:
         md["restore_point"] = f"{report.point['name']} at {report.point['lsn']}"
     if report.wal:

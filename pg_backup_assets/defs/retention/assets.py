@@ -20,9 +20,9 @@ def _tier_asset(c: ClusterContext, tier: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=c.key(f"{tier}_retention"),
         deps=[c.key("base_backup"), c.key("logical_dump")],
-        group_name=c.group,
+        **c.labels(),
         partitions_def=c.tiers[tier],
-        kinds={"postgres"},
+        kinds=c.stores,
         description=f"The newest verified base backup and dump set of each {tier[:-2]} window, "
         f"promoted into the {tier} tier (kept for retention.{tier} windows).",
     )
@@ -57,9 +57,9 @@ def build_retention_expiry(c: ClusterContext) -> dg.AssetsDefinition:
     @dg.asset(
         key=c.key("retention_expiry"),
         deps=[c.key(a) for a in after],
-        group_name=c.group,
+        **c.labels(),
         partitions_def=c.daily,
-        kinds={"postgres"},
+        kinds=c.stores,
     )
     def retention_expiry(
         context: dg.AssetExecutionContext, pgbackup: PgBackupResource

@@ -2,16 +2,16 @@ import dagster as dg
 
 from pg_backup_assets.core.wal.status import ArchiveStatus
 from pg_backup_assets.defs.check_names import WAL_ARCHIVE_CONTIGUOUS, WAL_ARCHIVE_FRESH
-from pg_backup_assets.defs.context import ClusterContext
+from pg_backup_assets.defs.context import REPOSITORY_KIND, ClusterContext
 
 
 def build_wal_archive(c: ClusterContext) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=c.key("wal_archive"),
-        group_name=c.group,
+        **c.labels(),
         description="WAL pushed by PostgreSQL's archive_command (pgbackup wal-push %p); "
         "observed by the WAL archive sensor.",
-        kinds={"postgres"},
+        kinds={"postgres", REPOSITORY_KIND},
     )
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import uuid
@@ -311,3 +312,19 @@ def make_bucket(endpoint: str, object_lock: bool = False) -> str:
     client = s3_client(endpoint, "us-east-1")
     client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=object_lock)
     return name
+
+
+def stop_session(proc: subprocess.Popen, timeout: float) -> None:
+    """Stop a process started with ``start_new_session=True`` (SIGTERM, then SIGKILL), and
+    then whatever it left in its session: a daemon's code server, a run's worker."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)

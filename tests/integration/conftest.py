@@ -10,7 +10,6 @@ import contextlib
 import datetime as dt
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -27,7 +26,7 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from pg_backup_assets.core.config import dagster_name
 from pg_backup_assets.core.postgres.local_cluster import LocalCluster, free_port, hand_over
 from pg_backup_assets.core.wal.archive import archiving_settings
-from tests.conftest import REPO_ROOT, _reachable_tmpdir, make_bucket
+from tests.conftest import REPO_ROOT, _reachable_tmpdir, make_bucket, stop_session
 from tests.integration.test_daemon import daemon, wait_for
 
 BIN = Path(sys.executable).parent
@@ -107,18 +106,14 @@ def webserver(home: Path, config: Path, log: Path) -> Iterator[str]:
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_for("the webserver", lambda: _answers(url + "/server_info"), 120, log)
             yield url
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_session(proc, 30)
 
 
 def _answers(url: str) -> bool:

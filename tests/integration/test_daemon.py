@@ -26,7 +26,14 @@ from pg_backup_assets.core.offsite.store import offsite_repository
 from pg_backup_assets.core.postgres.local_cluster import LocalCluster
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.wal.archive import find
-from tests.conftest import REPO_ROOT, Webhook, archiving_settings, make_bucket, write_config
+from tests.conftest import (
+    REPO_ROOT,
+    Webhook,
+    archiving_settings,
+    make_bucket,
+    stop_session,
+    write_config,
+)
 
 BIN = Path(sys.executable).parent
 TICK_S = 5  # every sensor's interval in this test
@@ -43,17 +50,12 @@ def daemon(home: Path, config: Path, log: Path) -> Iterator[subprocess.Popen]:
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_session(proc, 60)
 
 
 def wait_for(what: str, fn: Callable[[], object], timeout: float, log: Path) -> object:

@@ -90,7 +90,7 @@ from pg_backup_assets.core.postgres.local_cluster import (
     hand_over_tree,
 )
 from pg_backup_assets.core.storage.codec import generate_identity
-from pg_backup_assets.core.storage.repository import ObjectRecord, Repository
+from pg_backup_assets.core.storage.repository import ObjectRecord, Repository, record_dict
 from pg_backup_assets.core.wal.archive import archive_command, quote_setting
 
 NAME = "base_backup"
@@ -358,7 +358,7 @@ def ours_backup(s: Setup, conf: Path) -> Callable[[], dict[str, Any]]:
             "detail": {
                 "label": backup.label,
                 "prefix": backup.prefix,
-                "objects": {k: vars(v) for k, v in backup.objects.items()},
+                "objects": {k: record_dict(v) for k, v in backup.objects.items()},
                 "log": [f"{t - t0:.2f}s {m}" for t, m in lines],
             },
         }

@@ -276,6 +276,7 @@ def _run_bounded(
     waiting longer than ``archive_wait_s``, and say what pg_stat_archiver knows."""
     progress = ProgressLog(log, "pg_basebackup, compressed")
     waiting_since: float | None = None
+    started = time.monotonic()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stderr=err, env={**os.environ, **env})
         while True:
@@ -301,6 +302,10 @@ def _run_bounded(
             err.seek(0)
             msg = err.read().decode(errors="replace").strip()
             raise CommandError(f"pg_basebackup failed (exit {proc.returncode}): {msg[-2000:]}")
+    log(f"{PGBB_DONE} in {time.monotonic() - started:.1f}s")
+
+
+PGBB_DONE = "pg_basebackup finished"  # a log line; benchmarks time the phases by it
 
 
 def _phase(dsn: str, label: str) -> str | None:

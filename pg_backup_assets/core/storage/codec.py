@@ -205,7 +205,7 @@ def decode(
                     f"{name} is encrypted: set encryption.identity_file in the config "
                     "to the age identity (private key) that matches its recipients"
                 )
-            _decrypt_into(stored, dctx, out, name, identities)
+            decrypt_into(stored, out, name, identities, dctx)
         else:
             with dctx.stream_reader(stored, read_size=CHUNK, closefd=False) as plain:
                 _copy(plain, out)
@@ -221,9 +221,19 @@ def decode(
     return Decoded(out.count, out.hash.hexdigest())
 
 
-def _decrypt_into(stored, dctx, out, name: str, identities: Sequence[object]) -> None:  # noqa: ANN001
+def decrypt_into(
+    stored: BinaryIO,
+    out: BinaryIO,
+    name: str,
+    identities: Sequence[object],
+    dctx: zstandard.ZstdDecompressor | None = None,
+) -> None:
+    """Decrypt and decompress ``stored`` into ``out``, checking nothing but age's own
+    authentication (``decode`` adds the checksums; a restore hashes the stored bytes in
+    another process). ZstdError when the decrypted stream is not zstd."""
     import pyrage
 
+    dctx = dctx or zstandard.ZstdDecompressor()
     try:
         with dctx.stream_writer(out, write_size=CHUNK, closefd=False) as plain:
             try:

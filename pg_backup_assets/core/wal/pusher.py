@@ -76,7 +76,10 @@ class Pusher:
                     sp.discard(self.spool, name)  # done by PostgreSQL: forget it
                 todo = [n for n in ready if n not in in_flight and n not in statuses]
                 for name in todo[: max(parallel - len(in_flight), 0)]:
-                    in_flight[name] = workers.submit(self._push, name, wfd)
+                    in_flight[name] = workers.submit(self._push, name)
+                    # "Done" once the future is: a poke sent from inside the push could
+                    # wake this loop while the future still counts as running.
+                    in_flight[name].add_done_callback(lambda _f: _poke(wfd))
                 now = time.monotonic()
                 if in_flight or todo:
                     idle_since = now
@@ -96,7 +99,7 @@ class Pusher:
         )
         return 0
 
-    def _push(self, name: str, wfd: int) -> None:
+    def _push(self, name: str) -> None:
         path = os.path.join(self.wal_dir, name)
         before = ""
         try:
@@ -116,9 +119,6 @@ class Pusher:
             sp.write_status(self.spool, name, "error", sp.error_text(before, reason))
             self.failed += 1
             log(f"{name}: {reason}")
-        finally:
-            with contextlib.suppress(OSError):
-                os.write(wfd, b".")
 
     def _ready(self) -> list[str]:
         """Files marked ready, in PostgreSQL's order: timeline histories first, then by name."""
@@ -155,6 +155,11 @@ class Pusher:
         except (OSError, ValueError):
             return False
         return True
+
+
+def _poke(wfd: int) -> None:
+    with contextlib.suppress(OSError):  # full: the loop has been woken enough
+        os.write(wfd, b".")
 
 
 def _stamp(path: str) -> tuple[int, int] | None:

@@ -130,6 +130,51 @@ class _HashingWriter:
         return True
 
 
+class _Rechunked:
+    """Serves small reads from CHUNK-sized ones: pyrage asks for 8 KiB at a time, which
+    would otherwise be one read of the file and one hash update every 8 KiB."""
+
+    def __init__(self, src: BinaryIO):
+        self._src = src
+        self._buf = b""
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self._pos >= len(self._buf):
+            self._buf, self._pos = self._src.read(CHUNK), 0
+        end = len(self._buf) if n is None or n < 0 else self._pos + n
+        out = self._buf[self._pos : end]
+        self._pos += len(out)
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+
+class _Coalesced:
+    """Passes writes on in CHUNK-sized pieces (pyrage writes 64 KiB at a time)."""
+
+    def __init__(self, dst: BinaryIO):
+        self._dst = dst
+        self._buf = bytearray()
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+        self._buf += data
+        if len(self._buf) >= CHUNK:
+            self._dst.write(bytes(self._buf))
+            self._buf.clear()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._dst.write(bytes(self._buf))
+            self._buf.clear()
+        self._dst.flush()
+
+    def writable(self) -> bool:
+        return True
+
+
 def _copy(src, dst) -> None:  # noqa: ANN001 - file-likes
     while chunk := src.read(CHUNK):
         dst.write(chunk)
@@ -168,7 +213,9 @@ def encode(
             if codec.recipients:
                 import pyrage
 
-                pyrage.encrypt_io(compressed, out, _recipients(codec.recipients))
+                sink = _Coalesced(out)
+                pyrage.encrypt_io(_Rechunked(compressed), sink, _recipients(codec.recipients))
+                sink.flush()
             else:
                 _copy(compressed, out)
         out.flush()
@@ -236,8 +283,10 @@ def decrypt_into(
     dctx = dctx or zstandard.ZstdDecompressor()
     try:
         with dctx.stream_writer(out, write_size=CHUNK, closefd=False) as plain:
+            sink = _Coalesced(plain)
             try:
-                pyrage.decrypt_io(stored, plain, list(identities))
+                pyrage.decrypt_io(_Rechunked(stored), sink, list(identities))
+                sink.flush()
             except OSError as exc:  # pyrage reports a failed MAC as an OSError
                 raise IntegrityError(
                     f"cannot decrypt {name}: {exc} (the object is damaged or truncated)"

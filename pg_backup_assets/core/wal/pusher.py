@@ -70,11 +70,12 @@ class Pusher:
                 for name in [n for n, f in in_flight.items() if f.done()]:
                     in_flight.pop(name).result()
                 stopping = stopping or self._reason_to_stop()
-                ready = [] if stopping else self._ready()
+                ready = self._ready()
                 statuses = self._statuses()
                 for name in statuses.keys() - set(ready) - in_flight.keys():
                     sp.discard(self.spool, name)  # done by PostgreSQL: forget it
-                todo = [n for n in ready if n not in in_flight and n not in statuses]
+                busy = in_flight.keys() | statuses.keys()
+                todo = [] if stopping else [n for n in ready if n not in busy]
                 for name in todo[: max(parallel - len(in_flight), 0)]:
                     in_flight[name] = workers.submit(self._push, name)
                     # "Done" once the future is: a poke sent from inside the push could

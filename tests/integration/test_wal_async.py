@@ -312,6 +312,18 @@ def test_every_segment_under_pgbench_is_archived_byte_identical(async_archiving)
     )
 
 
+def running_pusher(spool: Path, config: Path) -> int | None:
+    """The pid in ``pusher.lock`` when that process is the pusher of ``config``. The file keeps
+    a dead pusher's pid: without the check a SIGKILL could reach whatever reused it."""
+    try:
+        pid = int((spool / "pusher.lock").read_text().split()[0])
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    ours = b"pg_backup_assets.core.wal.pusher" in args and str(config).encode() in args
+    return pid if ours else None
+
+
 @pytest.mark.slow
 def test_killing_the_pusher_mid_segment_loses_nothing(async_archiving):
     cluster, config = async_archiving
@@ -334,12 +346,14 @@ def test_killing_the_pusher_mid_segment_loses_nothing(async_archiving):
         rnd = random.Random(20261129)
         for _ in range(6):
             time.sleep(rnd.uniform(0.3, 1.5))
+            pid = running_pusher(spool, config)
+            if pid is None:
+                continue  # between two pushers
             try:
-                pid = int((spool / "pusher.lock").read_text().split()[0])
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
-            except (OSError, ValueError):
-                continue  # between two pushers
+            except ProcessLookupError:
+                continue  # it stopped meanwhile
     finally:
         stop.set()
         writer.join()

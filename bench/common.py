@@ -164,13 +164,18 @@ def ours_conf(
     cluster: LocalCluster,
     recipient: str | None,
     identity_file: Path | None = None,
+    spool: Path | None = None,
+    parallel: int = 2,
 ) -> Path:
-    """A pgbackup config: one cluster ``bench``; age-encrypted when ``recipient`` is given."""
+    """A pgbackup config: one cluster ``bench``; age-encrypted when ``recipient`` is given;
+    archiving asynchronously through ``spool`` with ``parallel`` workers when it is."""
     text = f'repository: {repo}\nclusters:\n  bench:\n    dsn: "{cluster.dsn()}"\n'
     if recipient:
         text += f"encryption:\n  recipients: [{recipient}]\n"
         if identity_file:
             text += f"  identity_file: {identity_file}\n"
+    if spool:
+        text += f"archive: {{async: true, spool_dir: {spool}, parallel: {parallel}}}\n"
     path.write_text(text)
     path.chmod(0o644)
     return path

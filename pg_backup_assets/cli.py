@@ -1,16 +1,20 @@
-"""The ``pgbackup`` command. Kept lean: commands import only what they use, so that
-``wal-push`` (called by PostgreSQL for every WAL segment) never pays for dagster or boto3."""
+"""The ``pgbackup`` command. Kept lean: commands import only what they use. ``wal-push``,
+which PostgreSQL runs for every WAL segment, takes a path of its own past argparse: its
+arguments are read by hand, its config from a cache (``core/config_cache.py``), and an
+asynchronous call whose segment is done imports the standard library's basics only."""
 
-from __future__ import annotations
-
-import argparse
-import json
 import os
 import sys
-from collections.abc import Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> "argparse.ArgumentParser":
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="pgbackup", description="PostgreSQL backup and restore with provable restores."
     )
@@ -113,8 +117,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
+    own_process = argv is None  # the pgbackup command itself, not a caller in Python
     argv = list(sys.argv[1:] if argv is None else argv)
+    push = _wal_push_args(argv)
+    if push is not None:  # archive_command, once per WAL segment: no argparse
+        status = _run(lambda: _wal_push(*push), None)
+        if own_process:
+            # Every file is written, fsynced and closed, and no thread is left: the
+            # interpreter's teardown (a few ms of freeing modules) is skipped.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+        return status
     # restore_command: PostgreSQL reads an exit status up to 125 as "not archived" and, for
     # a recovery without a target, ends recovery there. Any failure of wal-fetch but "not
     # archived" (bad arguments, config, store, disk, a bug) must stop recovery instead.
@@ -125,41 +140,81 @@ def main(argv: Sequence[str] | None = None) -> int:
         if fatal and exc.code not in (0, None):
             return fatal
         raise
-    from pg_backup_assets.core.errors import ConfigError, PgBackupError
+    return _run(lambda: _COMMANDS[args.command](args), fatal)
 
+
+def _run(command: "Callable[[], int]", fatal: int | None) -> int:
+    """Run a command; an error is one line on stderr and an exit status (``fatal``, when
+    given, for every failure)."""
     try:
-        return _COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"pgbackup: config error: {_flat(exc)}", file=sys.stderr)
-        return fatal or 2
-    except PgBackupError as exc:
-        print(f"pgbackup: error: {_flat(exc)}", file=sys.stderr)
-        return fatal or 1
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"pgbackup: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return fatal or 1
+        return command()
     except KeyboardInterrupt:
         print("pgbackup: interrupted", file=sys.stderr)
         return fatal or 130
-    except Exception as exc:  # a bug: one line, the traceback only when asked for
-        if os.environ.get("PGBACKUP_DEBUG"):
-            raise
-        print(
-            f"pgbackup: internal error: {type(exc).__name__}: {exc} (run with PGBACKUP_DEBUG=1 "
-            "for the traceback, and please report it)",
-            file=sys.stderr,
-        )
+    except Exception as exc:
+        return _report(exc, fatal)
+
+
+def _report(exc: Exception, fatal: int | None) -> int:
+    from pg_backup_assets.core.errors import ConfigError, PgBackupError
+
+    if isinstance(exc, ConfigError):
+        print(f"pgbackup: config error: {_flat(exc)}", file=sys.stderr)
+        return fatal or 2
+    if isinstance(exc, PgBackupError):
+        print(f"pgbackup: error: {_flat(exc)}", file=sys.stderr)
         return fatal or 1
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"pgbackup: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return fatal or 1
+    # A bug: one line, the traceback only when asked for.
+    if os.environ.get("PGBACKUP_DEBUG"):
+        raise exc
+    print(
+        f"pgbackup: internal error: {type(exc).__name__}: {exc} (run with PGBACKUP_DEBUG=1 "
+        "for the traceback, and please report it)",
+        file=sys.stderr,
+    )
+    return fatal or 1
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _wal_push_args(argv: list[str]) -> tuple[str | None, str | None, str] | None:
+    """(config, cluster, path) of ``[--config F] [--cluster C] wal-push PATH``; None for
+    anything else (``--help`` included), which argparse then reads."""
+    options: dict[str, str] = {}
+    i = 0
+    while i < len(argv) and argv[i] != "wal-push":
+        flag, eq, value = argv[i].partition("=")
+        if flag not in ("--config", "--cluster") or flag in options:
+            return None
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            i, value = i + 1, argv[i + 1]
+        options[flag] = value
+        i += 1
+    rest = argv[i + 1 :]
+    if i == len(argv) or len(rest) != 1 or rest[0].startswith("-"):
+        return None
+    return options.get("--config"), options.get("--cluster"), rest[0]
+
+
+def _wal_push(config: str | None, cluster: str | None, path: str) -> int:
+    from pg_backup_assets.core import config_cache
+    from pg_backup_assets.core.wal.spool import wal_push
+
+    settings = config_cache.load(config)
+    return wal_push(settings, settings.cluster(cluster), path)
+
+
+def _cmd_demo(args: "argparse.Namespace") -> int:
     from pg_backup_assets.demo import run_demo
 
     return run_demo(args.dir, keep_running=args.keep_running)
 
 
-def _cmd_restore_dump(args: argparse.Namespace) -> int:
+def _cmd_restore_dump(args: "argparse.Namespace") -> int:
     from pg_backup_assets.core.config import load_config
     from pg_backup_assets.core.dumps.restore import restore_dump
     from pg_backup_assets.core.storage.repository import Repository
@@ -180,7 +235,7 @@ def _cmd_restore_dump(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_restore(args: argparse.Namespace) -> int:
+def _cmd_restore(args: "argparse.Namespace") -> int:
     from pathlib import Path
 
     from pg_backup_assets.core.base.restore import Target, restore
@@ -230,7 +285,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_restore_point(args: argparse.Namespace) -> int:
+def _cmd_restore_point(args: "argparse.Namespace") -> int:
     from pg_backup_assets.core.base.restore_point import create_restore_point
     from pg_backup_assets.core.config import load_config
     from pg_backup_assets.core.storage.repository import Repository
@@ -244,23 +299,18 @@ def _cmd_restore_point(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lean_config(args: argparse.Namespace):  # noqa: ANN202
+def _lean_config(args: "argparse.Namespace"):  # noqa: ANN202
     # wal-push/wal-fetch: only the modules they need (no psycopg, dagster or boto3).
     from pg_backup_assets.core.config import load_config
 
     return load_config(args.config, need_dsn_secrets=False)
 
 
-def _cmd_wal_push(args: argparse.Namespace) -> int:
-    from pg_backup_assets.core.storage.repository import Repository
-    from pg_backup_assets.core.wal.archive import push
-
-    config = _lean_config(args)
-    push(Repository.from_config(config), config.cluster(args.cluster).name, args.path)
-    return 0
+def _cmd_wal_push(args: "argparse.Namespace") -> int:
+    return _wal_push(args.config, args.cluster, args.path)
 
 
-def _cmd_wal_fetch(args: argparse.Namespace) -> int:
+def _cmd_wal_fetch(args: "argparse.Namespace") -> int:
     from pg_backup_assets.core.errors import NotFoundError
     from pg_backup_assets.core.storage.repository import Repository
     from pg_backup_assets.core.wal.archive import fetch
@@ -306,7 +356,7 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def _cmd_info(args: "argparse.Namespace") -> int:
     from pg_backup_assets.core.config import load_config
     from pg_backup_assets.core.info import repository_info
     from pg_backup_assets.core.storage.repository import Repository
@@ -322,6 +372,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         Repository.from_config(config), names, offsite, daily=config.retention.daily
     )
     if args.json:
+        import json
+
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         print()
         return 0
@@ -361,8 +413,9 @@ def _offsite_column(entry: dict) -> str:
     return f"  offsite: {entry['offsite']}" if entry.get("offsite") else ""
 
 
-def _cmd_rehearse(args: argparse.Namespace) -> int:
+def _cmd_rehearse(args: "argparse.Namespace") -> int:
     import datetime as dt
+    import json
 
     from pg_backup_assets.core.catalog import check_date
     from pg_backup_assets.core.config import load_config
@@ -397,7 +450,7 @@ def _cmd_rehearse(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _cmd_runbook(args: argparse.Namespace) -> int:
+def _cmd_runbook(args: "argparse.Namespace") -> int:
     from pg_backup_assets.core.config import load_config
     from pg_backup_assets.core.rehearsal.runbook import last_passing_report, render_runbook
     from pg_backup_assets.core.storage.repository import Repository
@@ -426,7 +479,9 @@ def _cmd_runbook(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_expire(args: argparse.Namespace) -> int:
+def _cmd_expire(args: "argparse.Namespace") -> int:
+    import json
+
     from pg_backup_assets.core.config import load_config
     from pg_backup_assets.core.retention.expire import expire
 
@@ -486,7 +541,7 @@ def _cmd_expire(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _cmd_verify(args: "argparse.Namespace") -> int:
     from pg_backup_assets.core.config import load_config
     from pg_backup_assets.core.storage.repository import Repository
     from pg_backup_assets.core.verify import Report, verify_repository
@@ -511,6 +566,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             daily=config.retention.daily,
         )
     if args.json:
+        import json
+
         json.dump(report.to_dict(), sys.stdout, indent=2, sort_keys=True)
         print()
     else:

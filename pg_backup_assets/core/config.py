@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from pg_backup_assets.core.config_cache import config_file, pick_cluster
 from pg_backup_assets.core.errors import ConfigError
 
-CONFIG_ENV = "PGBACKUP_CONFIG"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -139,6 +139,27 @@ class RepositoryMode:
     group: str | None = None  # every object and folder is given to this group
 
 
+MAX_PARALLEL = 64
+
+
+@dataclass(frozen=True)
+class Archive:
+    """How ``wal-push`` archives: in the call (the default), or ``asynchronous``: a
+    background pusher started by the first call pushes every segment PostgreSQL has marked
+    ready with ``parallel`` workers, and a call returns once its own segment is durable."""
+
+    asynchronous: bool = False
+    spool_dir: Path | None = None  # None: the repository's .spool folder
+    parallel: int = 2
+
+    def spool(self, repository: Path, cluster: str) -> Path:
+        """The spool folder of ``cluster``: the pusher's lock, log and segment statuses."""
+        return (self.spool_dir or repository / SPOOL) / cluster
+
+
+SPOOL = ".spool"
+
+
 @dataclass(frozen=True)
 class Config:
     repository: Path
@@ -152,32 +173,18 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     repository_mode: RepositoryMode = field(default_factory=RepositoryMode)
     rehearsal: Rehearsal = field(default_factory=Rehearsal)
+    archive: Archive = field(default_factory=Archive)
     scratch_dir: Path | None = None  # where verification extracts; default: the repository's
     source: Path | None = None
 
     def cluster(self, name: str | None) -> ClusterConfig:
         """The named cluster, or the only one when ``name`` is None."""
-        if name is None:
-            if len(self.clusters) == 1:
-                return next(iter(self.clusters.values()))
-            raise ConfigError(
-                f"--cluster is required: the config lists {len(self.clusters)} clusters "
-                f"({', '.join(sorted(self.clusters))})"
-            )
-        try:
-            return self.clusters[name]
-        except KeyError:
-            raise ConfigError(
-                f"cluster {name!r} is not in the config (known: {', '.join(sorted(self.clusters))})"
-            ) from None
+        return self.clusters[pick_cluster(self.clusters, name)]
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The config file from ``--config`` or ``$PGBACKUP_CONFIG``."""
-    value = explicit or os.environ.get(CONFIG_ENV)
-    if not value:
-        raise ConfigError(f"no config file: pass --config FILE or set {CONFIG_ENV}")
-    return Path(value)
+    return Path(config_file(explicit))
 
 
 def load_config(
@@ -189,18 +196,24 @@ def load_config(
     is not set is left as it is, since archive_command never connects to the server and
     must not fail for a password it does not use.
     """
+    source, _, raw = read_config(path)
+    return parse_config(raw, source=source.resolve(), need_dsn_secrets=need_dsn_secrets)
+
+
+def read_config(path: str | os.PathLike[str] | None = None) -> tuple[Path, bytes, Any]:
+    """The config file's path, its bytes and the YAML document they hold (not validated)."""
     source = config_path(path)
     try:
-        text = source.read_text()
+        data = source.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.safe_load(data)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {source} is not valid YAML{where}") from None
-    return parse_config(raw, source=source.resolve(), need_dsn_secrets=need_dsn_secrets)
+    return source, data, raw
 
 
 def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = True) -> Config:
@@ -219,6 +232,7 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
             "schedules",
             "timeouts",
             "repository_mode",
+            "archive",
             "scratch_dir",
             "rehearsal",
         },
@@ -251,6 +265,7 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
         timeouts=timeouts,
         repository_mode=_repository_mode(top.get("repository_mode") or {}),
         rehearsal=_rehearsal(top.get("rehearsal") or {}, clusters),
+        archive=_archive(top.get("archive") or {}, base),
         scratch_dir=_path(top["scratch_dir"], "scratch_dir", base)
         if top.get("scratch_dir")
         else None,
@@ -280,6 +295,28 @@ def _repository_mode(value: Any) -> RepositoryMode:
                 f"config key 'repository_mode.group': there is no OS group {group!r}"
             ) from None
     return RepositoryMode(files, folders, group)
+
+
+def _archive(value: Any, base: Path) -> Archive:
+    body = _mapping(value, "archive")
+    _only(body, "archive", optional={"async", "spool_dir", "parallel"})
+    asynchronous = body.get("async", False)
+    if not isinstance(asynchronous, bool):
+        raise ConfigError(
+            f"config key 'archive.async': expected true or false, got {_kind(asynchronous)}"
+        )
+    parallel = _positive_int(body.get("parallel", Archive.parallel), "archive.parallel")
+    if parallel > MAX_PARALLEL:
+        raise ConfigError(
+            f"config key 'archive.parallel': expected a whole number from 1 to {MAX_PARALLEL} "
+            f"(workers pushing segments at once), got {parallel}"
+        )
+    spool = body.get("spool_dir")
+    return Archive(
+        asynchronous=asynchronous,
+        spool_dir=_path(spool, "archive.spool_dir", base) if spool is not None else None,
+        parallel=parallel,
+    )
 
 
 def _mode(value: Any, key: str, allowed: int) -> int:

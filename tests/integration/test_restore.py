@@ -309,3 +309,25 @@ def test_encrypted_backup_needs_the_identity(scenario):
             Target.parse(None, None),
             log=lambda m: None,
         )
+
+
+def test_a_wrong_identity_restores_nothing(scenario):
+    from pg_backup_assets.core.storage.codec import generate_identity
+
+    wrong = scenario.workdir / "wrong.key"
+    wrong.write_text(generate_identity()[0])
+    config = scenario.workdir / "wrong-key.yaml"
+    key_line = next(x for x in scenario.config.read_text().splitlines() if "identity_file" in x)
+    config.write_text(scenario.config.read_text().replace(key_line, f"  identity_file: {wrong}"))
+    cfg = load_config(config)
+    target = scenario.workdir / "wrong-key"
+    with pytest.raises(PgBackupError, match="cannot decrypt .*nothing was restored"):
+        restore(
+            Repository.from_config(cfg),
+            cfg.cluster("main"),
+            config,
+            target,
+            Target.parse(None, None),
+            log=lambda m: None,
+        )
+    assert list(target.iterdir()) == []

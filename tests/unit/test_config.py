@@ -315,3 +315,30 @@ def test_owners_tags_and_db_host_are_read():
 def test_bad_owners_tags_and_db_host_are_named(cluster, named):
     message = error_of(f"repository: r\nclusters: {{main: {cluster}}}\n")
     assert named in message and "\n" not in message
+
+
+def test_archive_settings_default_to_synchronous():
+    archive = parse(BASE).archive
+    assert (archive.asynchronous, archive.spool_dir, archive.parallel) == (False, None, 2)
+    assert archive.spool(Path("/srv/repo"), "main") == Path("/srv/repo/.spool/main")
+    archive = parse(BASE + "archive: {async: true, spool_dir: spool, parallel: 4}\n").archive
+    assert (archive.asynchronous, archive.parallel) == (True, 4)
+    assert archive.spool_dir == Path("/etc/pgbackup/spool")  # relative to the config file
+
+
+@pytest.mark.parametrize(
+    "archive, named, said",
+    [
+        ("{async: 'yes'}", "archive.async", "true or false"),
+        ("{async: 1}", "archive.async", "true or false"),
+        ("{parallel: 0}", "archive.parallel", "> 0"),
+        ("{parallel: two}", "archive.parallel", "> 0"),
+        ("{parallel: 65}", "archive.parallel", "from 1 to 64"),
+        ("{spool_dir: ''}", "archive.spool_dir", "non-empty string"),
+        ("{spool: /x}", "archive.spool", "unknown config key"),
+        ("[async]", "archive", "expected a mapping"),
+    ],
+)
+def test_bad_archive_settings_are_named(archive, named, said):
+    message = error_of(f"{BASE}archive: {archive}\n")
+    assert f"'{named}'" in message and said in message

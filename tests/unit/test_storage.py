@@ -41,3 +41,51 @@ def test_failed_write_leaves_nothing_visible(tmp_path):
 def test_bad_keys_are_refused(tmp_path, key):
     with pytest.raises(PgBackupError, match="invalid repository key"):
         LocalStorage(tmp_path).path(key)
+
+
+def _write_slowly(path, data: bytes, fail: bool = False) -> None:
+    """What pg_basebackup does to its tar: appends to it a piece at a time."""
+    import time
+
+    with open(path, "wb") as f:
+        for i in range(0, len(data), 1 << 18):
+            f.write(data[i : i + (1 << 18)])
+            f.flush()
+            time.sleep(0.005)
+            if fail and i >= len(data) // 2:
+                raise PgBackupError("pg_basebackup failed halfway")
+
+
+def test_an_object_stored_while_it_is_written_is_whole_or_absent(tmp_path):
+    import io
+    import os
+
+    from pg_backup_assets.core.base.backup import _store_while_written
+    from pg_backup_assets.core.storage.codec import Codec, generate_identity
+    from pg_backup_assets.core.storage.repository import Repository
+
+    key, recipient = generate_identity()
+    (tmp_path / "age.key").write_text(key)
+    repo = Repository(
+        LocalStorage(tmp_path / "repo"), Codec(recipients=(recipient,)), tmp_path / "age.key"
+    )
+    import zstandard
+
+    raw = os.urandom(3 << 20)
+    data = zstandard.ZstdCompressor().compress(raw)  # what the server sends: a zstd stream
+    with repo.new_set("c/base/ok") as writer:
+        record = _store_while_written(
+            writer, tmp_path / "ok.tar", lambda: _write_slowly(tmp_path / "ok.tar", data)
+        )
+    out = io.BytesIO()
+    repo.read_into(record, out)
+    assert out.getvalue() == raw and record.raw_bytes == len(data)
+
+    with pytest.raises(PgBackupError, match="halfway"), repo.new_set("c/base/bad") as writer:
+        _store_while_written(
+            writer,
+            tmp_path / "bad.tar",
+            lambda: _write_slowly(tmp_path / "bad.tar", data, fail=True),
+        )
+    left = tmp_path / "repo" / "c" / "base" / "bad"
+    assert not left.exists() or list(left.iterdir()) == []

@@ -84,6 +84,27 @@ def test_file_kinds():
         wal_file_kind("postgresql.conf")
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "00000001000000000000000a",  # lower case: PostgreSQL writes upper case only
+        "00000001000000000000000",
+        "0000000100000000000000033",
+        "000000010000000000000003\n",
+        "0000000G.history",
+        "00000002.history.ready",
+        "000000010000000000000003.partial.done",
+        "000000010000000000000003.0000028.backup",
+        "000000010000000000000003-00000028.backup",
+        "000000010000000000000003.00000028.backupx",
+        "",
+    ],
+)
+def test_not_wal_file_names(name):
+    with pytest.raises(ValueError, match="not a WAL file name"):
+        wal_file_kind(name)
+
+
 def test_history_parsing():
     text = "1\t0/3000000\tno recovery target specified\n\n2\t0/5000100\tbefore 2026-11-26\n"
     switches = parse_history(3, text)

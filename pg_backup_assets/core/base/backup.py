@@ -13,9 +13,11 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pg_backup_assets.core.catalog import BaseBackup, base_prefix, check_date
 from pg_backup_assets.core.config import ClusterConfig
@@ -28,7 +30,8 @@ from pg_backup_assets.core.postgres.client import (
     tool,
 )
 from pg_backup_assets.core.progress import Log, ProgressLog
-from pg_backup_assets.core.storage.repository import Repository
+from pg_backup_assets.core.storage.base import CHUNK
+from pg_backup_assets.core.storage.repository import ObjectRecord, Repository
 from pg_backup_assets.core.wal.names import format_lsn, parse_lsn
 
 
@@ -113,19 +116,31 @@ def _take_base_backup(
             conninfo,
         ]
         log(f"pg_basebackup of {cluster.name} ({redact_dsn(cluster.dsn)}) as {label}")
-        _run_bounded(args, env, out, log, cluster.dsn, label, archive_wait_s)
-        manifest = json.loads((out / "backup_manifest").read_text())
-        ranges = manifest["WAL-Ranges"]
-        stop = time.time()
-        next_xid = _next_xid(cluster.dsn)
-        unexpected = sorted(set(os.listdir(out)) - {"base.tar.zst", "backup_manifest"})
-        if unexpected:
-            raise PgBackupError(f"pg_basebackup wrote unexpected files: {', '.join(unexpected)}")
+        tar = out / "base.tar.zst"
         objects = {}
         with repo.new_set(prefix) as writer:
-            objects["base.tar"] = writer.put_file(
-                "base.tar", out / "base.tar.zst", precompressed=True
-            )
+            if repo.codec.encrypted:
+                # Encrypted while pg_basebackup writes it, not in a second pass afterwards;
+                # its file is only a scratch copy then (the object we store is fsynced).
+                objects["base.tar"] = _store_while_written(
+                    writer,
+                    tar,
+                    lambda: _run_bounded(
+                        [*args, "--no-sync"], env, out, log, cluster.dsn, label, archive_wait_s
+                    ),
+                )
+            else:  # moved into the repository as pg_basebackup wrote (and fsynced) it
+                _run_bounded(args, env, out, log, cluster.dsn, label, archive_wait_s)
+                objects["base.tar"] = writer.put_file("base.tar", tar, precompressed=True)
+            manifest = json.loads((out / "backup_manifest").read_text())
+            ranges = manifest["WAL-Ranges"]
+            stop = time.time()
+            next_xid = _next_xid(cluster.dsn)
+            unexpected = sorted(set(os.listdir(out)) - {"base.tar.zst", "backup_manifest"})
+            if unexpected:
+                raise PgBackupError(
+                    f"pg_basebackup wrote unexpected files: {', '.join(unexpected)}"
+                )
             objects["backup_manifest"] = writer.put_file("backup_manifest", out / "backup_manifest")
             backup = BaseBackup(
                 cluster=cluster.name,
@@ -156,6 +171,95 @@ def _take_base_backup(
     return backup
 
 
+def _store_while_written(writer: Any, path: Path, produce: Callable[[], None]) -> ObjectRecord:
+    """Run ``produce``, which writes ``path``, while a thread reads ``path`` as it grows
+    and stores it as ``base.tar``; the stored object once both are done."""
+    source = GrowingFile(path)
+    outcome: dict[str, Any] = {}
+
+    def store() -> None:
+        try:
+            outcome["record"] = writer.put_stream("base.tar", source, precompressed=True)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=store, name="store base.tar")
+    thread.start()
+    try:
+        try:
+            produce()
+        except BaseException:
+            source.abandon()
+            raise
+        source.complete()
+    finally:
+        thread.join()
+        source.close()
+    if "error" in outcome:
+        raise outcome["error"]
+    record = outcome["record"]
+    if record.raw_bytes != path.stat().st_size:  # every byte written was read
+        raise PgBackupError(
+            f"{path.name}: {record.raw_bytes:,} bytes stored, but pg_basebackup wrote "
+            f"{path.stat().st_size:,}; the backup was not kept"
+        )
+    return record
+
+
+class GrowingFile:
+    """A file read while another process still writes it: at its current end ``read``
+    waits for more, until the writer is ``complete`` (then the rest, and the end) or
+    ``abandon``ed (then it raises)."""
+
+    POLL_S = 0.02
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file: BinaryIO | None = None
+        self._done = threading.Event()
+        self._complete = False
+
+    def complete(self) -> None:
+        self._complete = True
+        self._done.set()
+
+    def abandon(self) -> None:
+        self._done.set()
+
+    def read(self, n: int = -1) -> bytes:
+        n = CHUNK if n is None or n < 0 else n
+        while True:
+            if self._file is None:
+                try:
+                    self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+                except FileNotFoundError:
+                    self._wait_or_end(missing=True)
+                    continue
+            data = self._file.read(n)
+            if data:
+                return data
+            if self._wait_or_end():
+                return self._file.read(n)  # what was written before the writer finished
+
+    def _wait_or_end(self, missing: bool = False) -> bool:
+        """True once the writer is done (the end is final); wait a little otherwise."""
+        if self._done.is_set():
+            if not self._complete:
+                raise PgBackupError(f"{self.path.name}: its writer failed")
+            if missing:
+                raise PgBackupError(f"{self.path.name} was never written")
+            return True
+        self._done.wait(self.POLL_S)
+        return False
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 _WAITING_FOR_ARCHIVE = "waiting for wal archiving to finish"  # pg_stat_progress_basebackup
 
 
@@ -172,6 +276,7 @@ def _run_bounded(
     waiting longer than ``archive_wait_s``, and say what pg_stat_archiver knows."""
     progress = ProgressLog(log, "pg_basebackup, compressed")
     waiting_since: float | None = None
+    started = time.monotonic()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stderr=err, env={**os.environ, **env})
         while True:
@@ -197,6 +302,10 @@ def _run_bounded(
             err.seek(0)
             msg = err.read().decode(errors="replace").strip()
             raise CommandError(f"pg_basebackup failed (exit {proc.returncode}): {msg[-2000:]}")
+    log(f"{PGBB_DONE} in {time.monotonic() - started:.1f}s")
+
+
+PGBB_DONE = "pg_basebackup finished"  # a log line; benchmarks time the phases by it
 
 
 def _phase(dsn: str, label: str) -> str | None:

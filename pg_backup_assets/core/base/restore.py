@@ -10,6 +10,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -327,23 +328,19 @@ def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> 
     record = backup.objects["base.tar"]
     identities = repo.identities() if record.encrypted else None  # fail before tar starts
     local_path = getattr(repo.storage, "path", None)
-    tar = ["tar", "-x", "-C", str(to), "--no-same-owner", "--zstd", "-f"]
+    tar = ["tar", "-x", "-C", str(to), "--no-same-owner", "-f"]
     with tempfile.TemporaryFile() as err:
-        if identities is None and local_path is not None:
-            # A plain local object: tar reads it directly, a thread hashes it meanwhile.
+        if local_path is not None:
+            # A local object: tar reads it directly (through a decoding process of its own
+            # when it is encrypted), and this process hashes it meanwhile.
             path = local_path(record.key)
             log(f"extracting {record.stored_bytes / 2**20:.0f} MiB (compressed) with tar")
-            proc = subprocess.Popen([*tar, str(path)], stderr=err)
-            with open(path, "rb") as f:
-                stored = HashingReader(f)
-                while stored.read(1 << 20):
-                    pass
-            rc, failure = proc.wait(), None
+            rc, failure, stored = _extract_local(path, repo.identity_file, tar, err)
         else:
             with repo.storage.open(record.key) as f:
                 progress = ProgressLog(log, "extracting", record.stored_bytes, every_s=5)
                 stored = HashingReader(f, progress)
-                rc, failure = _pipe_into_tar(stored, identities, [*tar, "-"], err, record)
+                rc, failure = _pipe_into_tar(stored, identities, [*tar, "-", "--zstd"], err, record)
         if stored.hash.hexdigest() != record.sha256 or stored.count != record.stored_bytes:
             _empty(to)
             raise IntegrityError(
@@ -365,6 +362,40 @@ def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> 
                 f"extracting {backup.label} into {to} failed, and what was extracted is "
                 f"removed: {'; '.join(said.splitlines())[-1000:]}"
             )
+
+
+def _extract_local(path: Path, identity_file: Path | None, tar: list[str], err):  # noqa: ANN001, ANN202
+    """Extract a local object with tar (decoded by ``decoder`` in a process of its own when
+    ``identity_file`` is given) while this process hashes it; (tar's status, a failure of
+    the decoding or None, the HashingReader that read the object)."""
+    if identity_file is None:
+        proc, decoder = subprocess.Popen([*tar, str(path), "--zstd"], stderr=err), None
+    else:
+        decoder = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pg_backup_assets.core.storage.decoder",
+                str(identity_file),
+                str(path),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        proc = subprocess.Popen([*tar, "-"], stdin=decoder.stdout, stderr=err)
+        decoder.stdout.close()  # tar's now: it sees the end when the decoding ends
+    try:
+        with open(path, "rb") as f:
+            stored = HashingReader(f)
+            while stored.read(1 << 20):
+                pass
+    finally:
+        rc = proc.wait()
+        said = decoder.communicate()[1] if decoder else b""
+    failure = None
+    if decoder is not None and decoder.returncode != 0:
+        failure = said.decode(errors="replace").strip() or f"exit {decoder.returncode}"
+    return rc, failure, stored
 
 
 def _pipe_into_tar(stored, identities, args, err, record):  # noqa: ANN001, ANN202

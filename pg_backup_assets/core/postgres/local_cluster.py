@@ -57,7 +57,11 @@ def hand_over_tree(path: Path) -> None:
 
 
 def as_server_user(
-    args: list[str], env: Mapping[str, str] | None = None, check: bool = True, timeout: float = 120
+    args: list[str],
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 120,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a server-side command (initdb, pg_ctl, ...) as the server account."""
     account = _server_account()
@@ -78,6 +82,7 @@ def as_server_user(
         text=True,
         timeout=timeout,
         check=False,
+        cwd=cwd,
         **kwargs,
     )
     if check and proc.returncode != 0:

@@ -9,17 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from pg_backup_assets.core.errors import PgBackupError
 
 CHUNK = 1 << 20  # 1 MiB: the unit every stream in the engine moves
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):
     key: str
     size: int
     mtime: float

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -47,7 +46,7 @@ class LocalStorage:
     @contextlib.contextmanager
     def writer(self, key: str, final_key: Callable[[], str] | None = None) -> Iterator[BinaryIO]:
         final = self.path(key)
-        tmp = final.with_name(f"{final.name}{self.TMP_MARK}{uuid.uuid4().hex[:12]}")
+        tmp = final.with_name(f"{final.name}{self.TMP_MARK}{os.urandom(6).hex()}")
         try:
             self._mkdirs(final.parent)
             f = open(tmp, "xb")  # noqa: SIM115 - closed below on both paths

@@ -8,21 +8,14 @@ durable. An unfinished set is therefore never mistaken for a backup.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
-from pg_backup_assets.core.config import Config
 from pg_backup_assets.core.errors import ConfigError, IntegrityError, PgBackupError
-from pg_backup_assets.core.progress import Log
 from pg_backup_assets.core.storage.base import Storage
 from pg_backup_assets.core.storage.codec import (
     Codec,
@@ -35,11 +28,16 @@ from pg_backup_assets.core.storage.codec import (
 )
 from pg_backup_assets.core.storage.local import LocalStorage
 
+if TYPE_CHECKING:  # wal-push builds a Repository without parsing the config
+    import subprocess
+
+    from pg_backup_assets.core.config import Config
+    from pg_backup_assets.core.progress import Log
+
 CATALOG = "catalog.json"
 
 
-@dataclass(frozen=True)
-class ObjectRecord:
+class ObjectRecord(NamedTuple):
     """One stored object as the catalog records it."""
 
     key: str
@@ -52,7 +50,7 @@ class ObjectRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ObjectRecord:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls._fields})
 
 
 class Repository:
@@ -210,6 +208,10 @@ class Repository:
         The folder is held by an flock while in use; one that nobody holds (its run was
         killed) is removed the next time a staging folder is made there.
         """
+        import fcntl
+        import shutil
+        import tempfile
+
         base = self.staging_base(scratch)
         base.mkdir(parents=True, exist_ok=True)
         sweep_staging(base)
@@ -227,12 +229,18 @@ class Repository:
         if scratch and self.scratch_dir is not None:
             return self.scratch_dir
         root = getattr(self.storage, "root", None)
-        return Path(root) / STAGING if root else Path(tempfile.gettempdir())
+        if root:
+            return Path(root) / STAGING
+        import tempfile
+
+        return Path(tempfile.gettempdir())
 
     def sweep_unfinished_sets(self, prefix: str, log: Log) -> list[str]:
         """Remove the folders of sets under ``prefix`` (``<prefix><day>/<id>/``) that have no
         catalog entry: what a killed backup left. Only under the cluster's lock for that
         kind of backup, when no set of that kind can be in the making."""
+        import shutil
+
         start = self.root / prefix
         removed = []
         for set_dir in sorted(start.glob("*/*")) if start.is_dir() else []:
@@ -320,6 +328,8 @@ _STALE_S = 3600  # a staging folder without its lock file is someone's being mad
 
 def sweep_staging(base: Path) -> None:
     """Remove staging folders whose run is gone (nobody holds their flock)."""
+    import shutil
+
     from pg_backup_assets.core.locks import is_held
 
     for path in base.glob(f"{STAGING_PREFIX}*"):
@@ -343,4 +353,4 @@ def local_storage(config: Config, root: Path) -> LocalStorage:
 
 
 def record_dict(record: ObjectRecord) -> dict[str, Any]:
-    return asdict(record)
+    return record._asdict()

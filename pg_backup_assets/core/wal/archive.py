@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
-import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from pg_backup_assets.core.errors import IntegrityError, NotFoundError, PgBackupError
 from pg_backup_assets.core.storage.base import fsync_dir
@@ -44,8 +41,16 @@ class ArchiveConflictError(PgBackupError):
     """A different file with the same WAL name is already archived."""
 
 
-@dataclass(frozen=True)
-class WalObject:
+class Pushed(NamedTuple):
+    """What ``push`` did: ``outcome`` is 'archived' or 'already archived'; ``key`` and
+    ``stored_bytes`` name the durable object that holds the file."""
+
+    outcome: str
+    key: str
+    stored_bytes: int
+
+
+class WalObject(NamedTuple):
     name: str  # the WAL file name PostgreSQL uses
     kind: str  # segment / history / partial / backup
     key: str
@@ -98,8 +103,8 @@ def find(repo: Repository, cluster: str, name: str) -> list[WalObject]:
     return out
 
 
-def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> str:
-    """Archive one WAL file durably. Returns 'archived' or 'already archived'.
+def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> Pushed:
+    """Archive one WAL file durably; what was done and the object that holds it.
 
     Raises ArchiveConflictError when the name is archived with different content (the
     archived copy is left untouched), and PgBackupError on any other failure, so that
@@ -118,10 +123,11 @@ def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> str:
         # A retry (PostgreSQL re-runs archive_command after a crash) or a conflict.
         with _open_source(src) as f:
             digest, _ = sha256_of(f)
-        if any(o.raw_sha256 == digest for o in existing):
+        same = [o for o in existing if o.raw_sha256 == digest]
+        if same:
             if kind == "history":
                 _write_history_switches(repo, cluster, name, src)
-            return "already archived"
+            return Pushed("already archived", same[0].key, same[0].stored_bytes)
         raise ArchiveConflictError(
             f"wal-push: {name} is already archived in {repo.describe()} with different content "
             f"(archived sha256 {existing[0].raw_sha256}, this file {digest}); the archived "
@@ -139,7 +145,7 @@ def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> str:
             final_key=lambda: f"{folder}{name}-{encoded[0].raw_sha256}{suffix}",
         ) as out,
     ):
-        encoded.append(encode(f, out, repo.codec))
+        encoded.append(encode(f, out, repo.codec, stored_sha256=False))
     if kind == "history":
         _write_history_switches(repo, cluster, name, src)
     elif header is not None and "system_identifier" not in info:
@@ -152,7 +158,8 @@ def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> str:
                 "system_identifier": str(header.system_identifier),
             },
         )
-    return "archived"
+    key = f"{folder}{name}-{encoded[0].raw_sha256}{suffix}"
+    return Pushed("archived", key, encoded[0].stored_bytes)
 
 
 def _archive_info(repo: Repository, cluster: str) -> dict:
@@ -264,13 +271,12 @@ def read_checked(repo: Repository, obj: WalObject, out: BinaryIO) -> int:
     return decoded.raw_bytes
 
 
-@dataclass(frozen=True)
-class ArchiveListing:
+class ArchiveListing(NamedTuple):
     segments: list[WalObject]
     histories: dict[int, list[Switch]]  # timeline -> its ancestry, oldest switch first
     other: list[WalObject]  # .partial and .backup files
     segment_size: int | None  # as recorded by the first wal-push of a segment
-    history_files: list[WalObject] = field(default_factory=list)  # the .history objects
+    history_files: list[WalObject]  # the .history objects
 
     @property
     def objects(self) -> list[WalObject]:
@@ -313,6 +319,8 @@ def list_archive(repo: Repository, cluster: str) -> ArchiveListing:
 
 def pgbackup_executable() -> str:
     """The ``pgbackup`` script of this installation (beside the running interpreter)."""
+    import shutil
+
     beside = Path(sys.executable).parent / "pgbackup"
     if beside.exists():
         return str(beside)
@@ -350,6 +358,8 @@ def restore_command(
 
 
 def _command(config_path: str | os.PathLike[str], cluster: str | None, tail: str) -> str:
+    import shlex
+
     parts = [pgbackup_executable(), "--config", str(Path(config_path).resolve())]
     if cluster:
         parts += ["--cluster", cluster]

@@ -11,14 +11,17 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 
-SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
-HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
-PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial$")
-BACKUP_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$")
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def _is_hex(text: str, length: int) -> bool:
+    # Plain string checks, not regular expressions: wal-push runs once per segment, and
+    # compiling patterns at import is a measurable share of its start-up.
+    return len(text) == length and _HEX.issuperset(text)
 
 
 def check_segment_size(size: int) -> int:
@@ -32,8 +35,7 @@ def segments_per_log(segment_size: int) -> int:
     return 0x100000000 // check_segment_size(segment_size)
 
 
-@dataclass(frozen=True, order=True)
-class Segment:
+class Segment(NamedTuple):
     timeline: int
     segno: int  # absolute segment number: lsn // segment size
 
@@ -43,10 +45,9 @@ class Segment:
 
 
 def parse_segment(name: str, segment_size: int) -> Segment:
-    m = SEGMENT_RE.match(name)
-    if not m:
+    if not is_segment_name(name):
         raise ValueError(f"{name!r} is not a WAL segment name")
-    tli, log, seg = (int(g, 16) for g in m.groups())
+    tli, log, seg = (int(name[i : i + 8], 16) for i in (0, 8, 16))
     per = segments_per_log(segment_size)
     if seg >= per:
         raise ValueError(f"{name!r} is not a valid segment name for {segment_size}-byte segments")
@@ -56,18 +57,24 @@ def parse_segment(name: str, segment_size: int) -> Segment:
 
 
 def is_segment_name(name: str) -> bool:
-    return bool(SEGMENT_RE.match(name))
+    return _is_hex(name, 24)
 
 
 def wal_file_kind(name: str) -> str:
     """'segment', 'history', 'partial' or 'backup'; ValueError for anything else."""
-    if SEGMENT_RE.match(name):
+    if _is_hex(name, 24):
         return "segment"
-    if HISTORY_RE.match(name):
+    if name.endswith(".history") and _is_hex(name[:-8], 8):
         return "history"
-    if PARTIAL_RE.match(name):
+    if name.endswith(".partial") and _is_hex(name[:-8], 24):
         return "partial"
-    if BACKUP_RE.match(name):
+    if (
+        name.endswith(".backup")
+        and len(name) == 40
+        and name[24] == "."
+        and _is_hex(name[:24], 24)
+        and _is_hex(name[25:33], 8)
+    ):
         return "backup"
     raise ValueError(f"{name!r} is not a WAL file name (segment, .history, .partial or .backup)")
 
@@ -79,8 +86,7 @@ _LONG_HEADER = struct.Struct("=HHIQI4xQII")
 _XLP_LONG_HEADER = 0x0002
 
 
-@dataclass(frozen=True)
-class SegmentHeader:
+class SegmentHeader(NamedTuple):
     pageaddr: int
     system_identifier: int
     segment_size: int
@@ -138,8 +144,7 @@ def segment_of(lsn: int, timeline: int, segment_size: int) -> Segment:
     return Segment(timeline, lsn // check_segment_size(segment_size))
 
 
-@dataclass(frozen=True)
-class Switch:
+class Switch(NamedTuple):
     """Timeline ``parent`` ended at ``lsn``, where ``child`` began."""
 
     parent: int
@@ -183,8 +188,7 @@ def timeline_of(segno: int, path: list[Switch], target: int, segment_size: int) 
     return target
 
 
-@dataclass(frozen=True)
-class GapReport:
+class GapReport(NamedTuple):
     timeline: int  # the newest timeline, whose ancestry is followed
     first: str | None  # first expected segment (of the checked range)
     last: str | None  # newest archived segment

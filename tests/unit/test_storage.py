@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 
 from pg_backup_assets.core.errors import NotFoundError, PgBackupError
@@ -89,3 +94,34 @@ def test_an_object_stored_while_it_is_written_is_whole_or_absent(tmp_path):
         )
     left = tmp_path / "repo" / "c" / "base" / "bad"
     assert not left.exists() or list(left.iterdir()) == []
+
+
+def _killed_writer(root, key):  # noqa: ANN001, ANN202
+    """A process that dies (os._exit) halfway through writing ``key``."""
+    code = (
+        "import os, sys\n"
+        "from pg_backup_assets.core.storage.local import LocalStorage\n"
+        "w = LocalStorage(sys.argv[1]).writer(sys.argv[2])\n"
+        "f = w.__enter__()\n"
+        "f.write(b'half a segment'); f.flush(); os._exit(9)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code, str(root), key]).returncode == 9
+
+
+def test_what_killed_writers_left_is_swept_once_old(tmp_path):
+    s = LocalStorage(tmp_path / "repo")
+    with s.writer("main/wal/a") as f:
+        f.write(b"whole")
+    _killed_writer(tmp_path / "repo", "main/wal/b")
+    _killed_writer(tmp_path / "repo", "main/wal/c")
+    _killed_writer(tmp_path / "repo", "other/wal/d")
+    temps = sorted((tmp_path / "repo" / "main" / "wal").glob("*.tmp-*"))
+    assert len(temps) == 2 and [o.key for o in s.list("main/")] == ["main/wal/a"]
+    day_ago = time.time() - 86400
+    os.utime(temps[0], (day_ago - 1, day_ago - 1))  # b: a writer dead for a day
+    assert s.sweep_temporary("main/", day_ago) == [f"main/wal/{temps[0].name}"]
+    assert sorted((tmp_path / "repo" / "main" / "wal").iterdir()) == [
+        tmp_path / "repo" / "main" / "wal" / "a",
+        temps[1],  # c: young, perhaps still being written
+    ]
+    assert list((tmp_path / "repo" / "other" / "wal").glob("*.tmp-*"))  # another prefix

@@ -267,4 +267,10 @@ def _sweep(
             swept.append(f"offsite {folder}")
             log(f"removed offsite {folder}: what an interrupted copy left (no catalog entry)")
     sweep_staging(repo.staging_base())
+    sweep_temporary = getattr(repo.storage, "sweep_temporary", None)  # a local repository
+    if sweep_temporary is not None:
+        left = sweep_temporary(f"{cluster}/", now - LEFTOVER_AGE_S)
+        if left:
+            swept.append(f"{len(left)} temporary files of killed writers")
+            log(f"removed {len(left)} temporary files killed writers left in {cluster}/")
     return swept

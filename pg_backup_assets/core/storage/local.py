@@ -166,6 +166,23 @@ class LocalStorage:
         out.sort(key=lambda o: o.key)
         return out
 
+    def sweep_temporary(self, prefix: str, older_than: float) -> list[str]:
+        """Remove what killed writers left under ``prefix``: temporary files not written
+        to since ``older_than`` (a time). A live writer's file is younger: it is being
+        written. Never listed as objects, they only take space. Returns their keys."""
+        start = self.root / prefix.rstrip("/")
+        removed = []
+        for dirpath, _, files in os.walk(start):
+            for name in files:
+                full = Path(dirpath) / name
+                if self.TMP_MARK not in name:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if full.stat().st_mtime < older_than:
+                        full.unlink()
+                        removed.append(full.relative_to(self.root).as_posix())
+        return removed
+
     def stat(self, key: str) -> ObjectInfo:
         try:
             st = self.path(key).stat()

@@ -77,8 +77,16 @@ bench-s3: setup
 bench-retention: setup
 	$(BIN)/python bench/retention.py $(BENCH_ARGS)
 
+# A restore rehearsal (restore from the offsite copy, recover, verify) against `pgbackrest
+# restore` of the same pgbench database (~0.5 GiB at the default scale; installs Debian's
+# pgbackrest when missing, benchmark only; a few minutes; writes BENCHMARKS.md). See
+# bench/README.md.
+.PHONY: bench-rehearsal
+bench-rehearsal: setup
+	$(BIN)/python bench/rehearsal.py $(BENCH_ARGS)
+
 # Every benchmark above, one after another (never two at once: they measure the machine),
-# each rewriting its own section of BENCHMARKS.md: about 25 minutes on a quiet machine, more
+# each rewriting its own section of BENCHMARKS.md: about 30 minutes on a quiet machine, more
 # while one waits for quiet. BENCH_ARGS reaches each of them, so give only the options they
 # share (--render-only, --no-report). See bench/README.md.
 .PHONY: bench
@@ -87,3 +95,4 @@ bench: setup
 	$(MAKE) bench-base
 	$(MAKE) bench-s3
 	$(MAKE) bench-retention
+	$(MAKE) bench-rehearsal

@@ -521,6 +521,25 @@ def rotated(items: Sequence[str], rnd: int) -> list[str]:
     return [*items[k:], *items[:k]]
 
 
+def source_settings(exe: str, ours: Path, pgbr: Path) -> tuple[dict[str, str], str]:
+    """The benchmark database's server settings (also ``rehearsal.py``'s): every WAL file
+    archived by ``pgbackup wal-push`` and then by ``pgbackrest archive-push``, so that both
+    tools can back up and restore it; and that archive_command."""
+    pgbr_push = " ".join(pgbackrest_cmd(exe, pgbr, "archive-push")[len(as_postgres()) :])
+    both = f"{archive_command(ours, STANZA)} && {pgbr_push} %p"
+    settings = {
+        "archive_mode": "on",
+        "archive_command": quote_setting(both),
+        "wal_level": "replica",
+        "max_wal_size": "'2GB'",
+        "checkpoint_timeout": "'30min'",
+        "shared_buffers": "'256MB'",
+        "autovacuum": "off",
+        "synchronous_commit": "off",
+    }
+    return settings, both
+
+
 def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster) -> int:
     engine = engine_fingerprint()  # the code imported at start-up is the code that runs
     day = dt.datetime.now(dt.UTC).date().isoformat()
@@ -544,18 +563,7 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
         age_repo=age_repo,
         pgbr_repo=pgbr_repo,
     )
-    pgbr_push = " ".join(pgbackrest_cmd(exe, s.pgbr_conf, "archive-push")[len(as_postgres()) :])
-    both = f"{archive_command(s.ours_conf, STANZA)} && {pgbr_push} %p"
-    settings = {
-        "archive_mode": "on",
-        "archive_command": quote_setting(both),
-        "wal_level": "replica",
-        "max_wal_size": "'2GB'",
-        "checkpoint_timeout": "'30min'",
-        "shared_buffers": "'256MB'",
-        "autovacuum": "off",
-        "synchronous_commit": "off",
-    }
+    settings, both = source_settings(exe, s.ours_conf, s.pgbr_conf)
     cluster.init(settings, fast=True).start()
     s.own = [pid for pid in [postmaster_pid(cluster)] if pid]
     pg_version = sql(cluster, "SHOW server_version")[0][0]

@@ -428,10 +428,11 @@ def _print_summary(
         f"from offsite, to {s.moment:%Y-%m-%d %H:%M:%S.%f %Z}: {s.orders_recovered:,} orders "
         f"are back ({all_back})",
     )
-    rto_s = pitr.fetch_extract_s + (pitr.replay_s or 0)
+    rto_s = pitr.rto_s
     _row(
         "restore time (RTO)",
-        f"{rto_s:.1f}s = fetch + extract {pitr.fetch_extract_s:.1f}s + replay {pitr.replay_s:.1f}s",
+        f"{rto_s:.1f}s to a usable server: fetch + extract {pitr.fetch_extract_s:.1f}s, "
+        f"replay {pitr.replay_s:.1f}s, the rest syncs and settings",
     )
     r = s.rehearsal
     if r:
@@ -443,7 +444,7 @@ def _print_summary(
         _row(
             "restore rehearsal",
             f"from the {r['source']} copy to {r.get('restore_point', '?')}: RTO "
-            f"{took('rto_s')} (fetch {took('fetch_s')} + replay {took('replay_s')}), "
+            f"{took('rto_s')} (fetch {took('fetch_s')}, replay {took('replay_s')}), "
             f"verify {took('verify_s')}, dump restore {took('dump_restore_s')}, "
             f"RPO {took('rpo_s', 0)}",
         )

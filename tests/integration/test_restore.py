@@ -20,7 +20,7 @@ from pg_backup_assets.core.base.restore_point import create_restore_point
 from pg_backup_assets.core.catalog import list_base_backups
 from pg_backup_assets.core.config import load_config
 from pg_backup_assets.core.errors import ConfigError, PgBackupError
-from pg_backup_assets.core.postgres.local_cluster import LocalCluster
+from pg_backup_assets.core.postgres.local_cluster import SOCKET_DIR_MAX, LocalCluster
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.wal.archive import find
 from pg_backup_assets.definitions import build_defs
@@ -144,6 +144,18 @@ def test_restore_lands_exactly_on_the_target(scenario, kind):
     assert labels == expected
     assert result.replay_s is not None and result.fetch_extract_s > 0
     assert result.reached_lsn
+
+
+def test_a_restore_deep_in_the_tree_starts_its_server(scenario):
+    # <to>/../.<name>.run/sock/.s.PGSQL.<port> would pass the 107 bytes of a socket path.
+    name = "deep/" + "d" * 60 + "/" + "e" * 40
+    assert len(str(scenario.workdir / name)) > SOCKET_DIR_MAX
+    labels, result = restore_and_read(scenario, scenario.targets["latest"][0], name)
+    assert labels == scenario.targets["latest"][1]
+    assert not result.server.sockdir.is_relative_to(scenario.workdir)
+    assert not result.server.sockdir.exists()  # gone with the server
+    # RTO: first byte fetched to a usable server, the steps between the phases included.
+    assert result.rto_s > result.fetch_extract_s + result.replay_s
 
 
 def test_base_backup_catalog_entry(scenario):

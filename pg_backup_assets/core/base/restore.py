@@ -127,6 +127,16 @@ class RestoreResult:
     server: LocalCluster | None = None
     phases: dict[str, float] = field(default_factory=dict)
     cluster_dsn: str = ""  # the source's DSN: its user and credentials reach the copy too
+    started_at: float | None = None  # time.monotonic() when fetching began
+    usable_s: float | None = None  # from then until the started copy accepts writes
+
+    @property
+    def rto_s(self) -> float:
+        """Time to a usable server: everything from the first byte fetched (the syncs,
+        ownership and settings between the phases too), or the phases without a start."""
+        if self.usable_s is not None:
+            return self.usable_s
+        return self.fetch_extract_s + (self.replay_s or 0)
 
     def dsn(self, dbname: str | None = None) -> str:
         """How to reach the started copy: the source's user and password (the copy has the
@@ -212,7 +222,9 @@ def restore(
     os.chmod(to, 0o700)
     # What tar wrote sits in the page cache: make it durable before saying "restored".
     subprocess.run(["sync", "-f", str(to)], check=False)
-    result = RestoreResult(backup, target, to, fetch_extract_s, cluster_dsn=cluster.dsn)
+    result = RestoreResult(
+        backup, target, to, fetch_extract_s, cluster_dsn=cluster.dsn, started_at=t0
+    )
     result.phases["fetch_extract_s"] = fetch_extract_s
     log(f"extracted in {fetch_extract_s:.1f}s; recovery settings written to postgresql.auto.conf")
     if start:
@@ -502,6 +514,9 @@ def _start_and_wait(
         raise PgBackupError(f"{exc}\nThe partial restore is left in {to}") from None
     result.replay_s = time.monotonic() - t0
     result.phases["replay_s"] = result.replay_s
+    if result.started_at is not None:
+        result.usable_s = time.monotonic() - result.started_at
+        result.phases["usable_s"] = result.usable_s
     text = server.logfile.read_text(errors="replace")
     stops = _STOP_RE.findall(text)
     last_tx = _LAST_TX_RE.findall(text)

@@ -7,11 +7,13 @@ runs as the ``postgres`` OS user, and the folders it needs are handed to that us
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -93,6 +95,21 @@ def as_server_user(
     return proc
 
 
+# A Unix socket's path (sun_path) holds 107 bytes on Linux; the server adds ".s.PGSQL.<port>".
+SOCKET_DIR_MAX = 107 - len("/.s.PGSQL.65535")
+
+
+def socket_dir(base: Path) -> Path:
+    """``base``/sock, or, when that is too long for a socket path (a repository deep in
+    the tree), a short folder of its own in the temporary directory, the same for the same
+    ``base``."""
+    sock = base / "sock"
+    if len(os.fsencode(sock)) <= SOCKET_DIR_MAX:
+        return sock
+    digest = hashlib.sha256(os.fsencode(base.absolute())).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"pgba-sock-{digest}"
+
+
 class LocalCluster:
     """A PostgreSQL cluster in ``base`` (data/, sock/, server.log) listening on loopback."""
 
@@ -105,7 +122,7 @@ class LocalCluster:
     ):
         self.base = Path(base)
         self.data = Path(data) if data else self.base / "data"
-        self.sockdir = self.base / "sock"
+        self.sockdir = socket_dir(self.base)
         self.logfile = self.base / "server.log"
         self.bindir = bindir(major)
         self.port = port or free_port()
@@ -179,6 +196,9 @@ class LocalCluster:
     def start(self, timeout: int = 60, env: Mapping[str, str] | None = None) -> LocalCluster:
         """Start and wait until it accepts connections; ``env`` reaches its children
         (archive_command, restore_command)."""
+        if not self.sockdir.is_dir():  # one in the temporary directory goes at stop()
+            self.sockdir.mkdir(parents=True)
+            hand_over(self.sockdir)
         try:
             as_server_user(
                 [
@@ -213,6 +233,9 @@ class LocalCluster:
                 [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
                 check=False,
             )
+        if not self.sockdir.is_relative_to(self.base):
+            with contextlib.suppress(OSError):
+                self.sockdir.rmdir()  # empty once the server is down
 
     def running(self) -> bool:
         pid_file = self.data / "postmaster.pid"

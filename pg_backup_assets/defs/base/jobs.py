@@ -73,7 +73,7 @@ def restore_op(
     if result.server is not None:
         metadata.update(
             replay_s=round(result.replay_s or 0, 3),
-            rto_s=round(result.fetch_extract_s + (result.replay_s or 0), 3),
+            rto_s=round(result.rto_s, 3),
             server=redact_dsn(result.dsn()),
             stop_with=result.server.stop_command(),
         )

@@ -65,6 +65,11 @@ class BaseBackup:
     data_bytes: int = 0  # the data directory's size (sum of the manifest's files)
 
     @property
+    def records(self) -> list[ObjectRecord]:
+        """Every object of the backup (not its catalog entry)."""
+        return list(self.objects.values())
+
+    @property
     def size_bytes(self) -> int:
         return sum(o.stored_bytes for o in self.objects.values())
 
@@ -172,6 +177,12 @@ def verification(repo: Repository, backup: BaseBackup | DumpSet) -> dict[str, An
     return repo.get_json(key) if repo.storage.exists(key) else None
 
 
+def is_verified(repo: Repository, backup: BaseBackup | DumpSet) -> bool:
+    """Did the last verification of ``backup`` pass?"""
+    checked = verification(repo, backup)
+    return bool(checked and checked["ok"])
+
+
 def record_verification(
     repo: Repository, backup: BaseBackup | DumpSet, ok: bool, detail: str
 ) -> None:
@@ -217,6 +228,11 @@ class DumpSet:
     server_major: int
     system_identifier: str
     objects: tuple[DumpObject, ...]
+
+    @property
+    def records(self) -> list[ObjectRecord]:
+        """Every object of the set (not its catalog entry)."""
+        return [o.record for o in self.objects]
 
     @property
     def size_bytes(self) -> int:

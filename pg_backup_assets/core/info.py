@@ -43,7 +43,7 @@ def repository_info(
                 "raw_bytes": o.record.raw_bytes,
                 "set_id": s.set_id,
                 "sha256": o.record.sha256,
-                "offsite": held.state([o.record.key for o in s.objects] + [s.catalog_key], repo),
+                "offsite": held.state([r.key for r in s.records] + [s.catalog_key], repo),
             }
             for s in list_dump_sets(repo, name)
             for o in s.objects
@@ -53,9 +53,7 @@ def repository_info(
         base = list_base_backups(repo, name)
         for b in base:
             info = _backup_info(repo, b)
-            info["offsite"] = held.state(
-                [r.key for r in b.objects.values()] + [b.catalog_key], repo
-            )
+            info["offsite"] = held.state([r.key for r in b.records] + [b.catalog_key], repo)
             backups.append(info)
         out["clusters"][name] = {
             "base_backups": backups,

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pg_backup_assets.core.catalog import (
+    BaseBackup,
+    DumpSet,
     find_base_backup,
     find_dump_set,
+    is_verified,
     restore_point_prefix,
-    verification,
 )
 from pg_backup_assets.core.errors import IntegrityError, NotFoundError
 from pg_backup_assets.core.storage.base import CHUNK, Storage
@@ -177,13 +179,11 @@ def day_set(
     the newest of the day or the set catalogued at ``catalog_key``: (key, sha256) of every
     object and of the catalog entry, and whether the local copy is verified."""
     if what == "dump":
-        dump_set = find_dump_set(repo, cluster, day, catalog_key)
-        records, catalog_key = [o.record for o in dump_set.objects], dump_set.catalog_key
+        item: BaseBackup | DumpSet = find_dump_set(repo, cluster, day, catalog_key)
         verified = True  # a dump set is catalogued only after pg_dump succeeded
     else:
-        backup = find_base_backup(repo, cluster, day, catalog_key)
-        records, catalog_key = list(backup.objects.values()), backup.catalog_key
-        checked = verification(repo, backup)
-        verified = bool(checked and checked["ok"])
-    objects = [(r.key, r.sha256) for r in records]
-    return objects + [(catalog_key, sha256_at(repo.storage, catalog_key) or "")], verified
+        item = find_base_backup(repo, cluster, day, catalog_key)
+        verified = is_verified(repo, item)
+    objects = [(r.key, r.sha256) for r in item.records]
+    entry = (item.catalog_key, sha256_at(repo.storage, item.catalog_key) or "")
+    return [*objects, entry], verified

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 
 from pg_backup_assets.core.catalog import (
     CATALOG,
+    BaseBackup,
+    DumpSet,
     base_prefix,
     dump_prefix,
+    is_verified,
     list_base_backups,
     list_dump_sets,
     set_prefix,
     tiers_of,
-    verification,
 )
 from pg_backup_assets.core.config import Config
 from pg_backup_assets.core.errors import PgBackupError
@@ -31,7 +33,7 @@ from pg_backup_assets.core.rehearsal.rehearse import REPORTS
 from pg_backup_assets.core.retention.plan import BackupFacts, Plan, WalFacts, plan
 from pg_backup_assets.core.storage.base import ObjectInfo
 from pg_backup_assets.core.storage.repository import Repository, sweep_staging
-from pg_backup_assets.core.wal.archive import list_archive, recorded_segment_size
+from pg_backup_assets.core.wal.archive import list_archive
 from pg_backup_assets.core.wal.names import parse_segment
 
 LEFTOVER_AGE_S = 24 * 3600  # an object without a catalog entry this old is nobody's work
@@ -88,42 +90,32 @@ def expire(
 
 
 def gather(
-    repo: Repository, cluster: str, locked: dict[str, float], wal: bool = True
+    repo: Repository, cluster: str, locked: dict[str, float]
 ) -> tuple[list[BackupFacts], list[WalFacts]]:
-    """The planner's view of what ``repo`` holds (``wal``: its WAL objects too)."""
-    listing = list_archive(repo, cluster) if wal else None
-    size = (listing.segment_size if listing else recorded_segment_size(repo, cluster)) or 16 << 20
-    backups = []
-    for b in list_base_backups(repo, cluster):
-        keys = [r.key for r in b.objects.values()]
-        backups.append(
-            BackupFacts(
-                key=b.catalog_key,
-                kind="base",
-                date=b.date,
-                label=b.label,
-                verified=_ok(repo, b),
-                tiers=tiers_of(repo, b.catalog_key),
-                start_segno=b.start_lsn // size,
-                stop_segno=b.stop_lsn // size,
-                locked_until=max((locked[k] for k in keys if k in locked), default=None),
-                size_bytes=b.size_bytes,
-            )
+    """The planner's view of what ``repo`` holds: its backups and its WAL objects."""
+    listing = list_archive(repo, cluster)
+    size = listing.segment_size or 16 << 20
+
+    def facts(item: BaseBackup | DumpSet, kind: str, label: str, **segnos: int) -> BackupFacts:
+        return BackupFacts(
+            key=item.catalog_key,
+            kind=kind,
+            date=item.date,
+            label=label,
+            verified=is_verified(repo, item),
+            tiers=tiers_of(repo, item.catalog_key),
+            locked_until=max(
+                (locked[r.key] for r in item.records if r.key in locked), default=None
+            ),
+            size_bytes=item.size_bytes,
+            **segnos,
         )
-    for s in list_dump_sets(repo, cluster):
-        keys = [o.record.key for o in s.objects]
-        backups.append(
-            BackupFacts(
-                key=s.catalog_key,
-                kind="dump",
-                date=s.date,
-                label=s.set_id,
-                verified=_ok(repo, s),
-                tiers=tiers_of(repo, s.catalog_key),
-                locked_until=max((locked[k] for k in keys if k in locked), default=None),
-                size_bytes=s.size_bytes,
-            )
-        )
+
+    backups = [
+        facts(b, "base", b.label, start_segno=b.start_lsn // size, stop_segno=b.stop_lsn // size)
+        for b in list_base_backups(repo, cluster)
+    ]
+    backups += [facts(s, "dump", s.set_id) for s in list_dump_sets(repo, cluster)]
     objects = [
         WalFacts(
             o.key,
@@ -131,14 +123,9 @@ def gather(
             o.name,
             o.stored_bytes,
         )
-        for o in (listing.objects if listing else [])
+        for o in listing.objects
     ]
     return backups, objects
-
-
-def _ok(repo: Repository, item: object) -> bool:
-    checked = verification(repo, item)
-    return bool(checked and checked["ok"])
 
 
 def _rehearsal_failed(repo: Repository, cluster: str) -> str | None:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pg_backup_assets.core.catalog import (
     BaseBackup,
     DumpSet,
+    is_verified,
     list_base_backups,
     list_dump_sets,
     record_tier,
     set_prefix,
-    verification,
 )
 from pg_backup_assets.core.errors import PgBackupError
 from pg_backup_assets.core.storage.repository import Repository
@@ -43,7 +43,7 @@ def promote(
     backups = [b for b in list_base_backups(repo, cluster) if first_day <= b.date < end_day]
     dumps = [s for s in list_dump_sets(repo, cluster) if first_day <= s.date < end_day]
     chosen: list[BaseBackup | DumpSet] = []
-    verified = [b for b in backups if _verified(repo, b)]
+    verified = [b for b in backups if is_verified(repo, b)]
     if not verified:
         found = f"{len(backups)} base backups, none verified" if backups else "no base backup"
         raise PgBackupError(
@@ -51,7 +51,7 @@ def promote(
             f"{cluster} has {found}: nothing to promote into the {tier} tier"
         )
     chosen.append(max(verified, key=lambda b: b.stop_lsn))
-    verified_dumps = [s for s in dumps if _verified(repo, s)]
+    verified_dumps = [s for s in dumps if is_verified(repo, s)]
     if verified_dumps:
         chosen.append(max(verified_dumps, key=lambda s: (s.date, s.set_id)))
     promoted = []
@@ -61,20 +61,9 @@ def promote(
             offsite.put_json(f"{set_prefix(item.catalog_key)}/tiers.json", tiers)
             tag = getattr(offsite.storage, "tag", None)
             if tag is not None:
-                for record in _records(item):
+                for record in item.records:
                     tag(record.key, {f"pgbackup-{t}": w for t, w in tiers.items()})
         kind = "base" if isinstance(item, BaseBackup) else "dump"
         label = item.label if isinstance(item, BaseBackup) else item.set_id
         promoted.append(Promotion(kind, label, item.date, item.catalog_key))
     return promoted
-
-
-def _verified(repo: Repository, item: BaseBackup | DumpSet) -> bool:
-    checked = verification(repo, item)
-    return bool(checked and checked["ok"])
-
-
-def _records(item: BaseBackup | DumpSet) -> list:
-    if isinstance(item, BaseBackup):
-        return list(item.objects.values())
-    return [o.record for o in item.objects]

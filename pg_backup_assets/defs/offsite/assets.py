@@ -50,8 +50,7 @@ def build_offsite_dump(c: ClusterContext) -> dg.AssetsDefinition:
         repo, target = pgbackup.repository(), pgbackup.offsite(s3)
         pinned = pinned_catalog_key(context, c.key("logical_dump"))
         dump_set = find_dump_set(repo, c.name, context.partition_key, pinned)
-        records = [o.record for o in dump_set.objects]
-        report = copy_set(repo, target, records, dump_set.catalog_key, dump_set.raw_bytes)
+        report = copy_set(repo, target, dump_set.records, dump_set.catalog_key, dump_set.raw_bytes)
         _copy_failed(report)
         return dg.MaterializeResult(
             metadata=_copy_metadata(report, target.describe(), dump_set.catalog_key)
@@ -77,8 +76,7 @@ def build_offsite_base_backup(c: ClusterContext) -> dg.AssetsDefinition:
         repo, target = pgbackup.repository(), pgbackup.offsite(s3)
         pinned = pinned_catalog_key(context, c.key("base_backup"))
         backup = find_base_backup(repo, c.name, context.partition_key, pinned)
-        records = backup.objects.values()
-        report = copy_set(repo, target, records, backup.catalog_key, backup.raw_bytes)
+        report = copy_set(repo, target, backup.records, backup.catalog_key, backup.raw_bytes)
         _copy_failed(report)
         return dg.MaterializeResult(
             metadata=_copy_metadata(report, target.describe(), backup.catalog_key)

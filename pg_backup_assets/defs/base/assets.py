@@ -8,6 +8,7 @@ from pg_backup_assets.core.wal.names import format_lsn
 from pg_backup_assets.defs.anomalies import size_anomaly_result
 from pg_backup_assets.defs.check_names import SIZE_ANOMALY
 from pg_backup_assets.defs.context import REPOSITORY_KIND, ClusterContext
+from pg_backup_assets.defs.pinned import CATALOG_KEY
 from pg_backup_assets.defs.resources import PgBackupResource
 
 
@@ -55,7 +56,7 @@ def build_base_backup(c: ClusterContext) -> dg.AssetsDefinition:
                 "system_identifier": backup.system_identifier,
                 "architecture": backup.architecture,
                 "data_checksums": backup.data_checksums,
-                "catalog_key": backup.catalog_key,
+                CATALOG_KEY: backup.catalog_key,
             },
             check_results=[size_anomaly_result(backup.size_bytes, history)],
         )

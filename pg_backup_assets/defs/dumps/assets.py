@@ -7,6 +7,7 @@ from pg_backup_assets.core.progress import throughput_mib_s
 from pg_backup_assets.defs.anomalies import size_anomaly_result
 from pg_backup_assets.defs.check_names import SIZE_ANOMALY
 from pg_backup_assets.defs.context import REPOSITORY_KIND, ClusterContext
+from pg_backup_assets.defs.pinned import CATALOG_KEY
 from pg_backup_assets.defs.resources import PgBackupResource
 
 
@@ -48,7 +49,7 @@ def build_logical_dump(c: ClusterContext) -> dg.AssetsDefinition:
             "databases": len(dump_set.objects) - 1,
             "server_version": dump_set.server_version,
             "set_id": dump_set.set_id,
-            "catalog_key": dump_set.catalog_key,
+            CATALOG_KEY: dump_set.catalog_key,
             "extensions": dg.MetadataValue.json(
                 {o.database: o.extensions for o in dump_set.objects if o.database != GLOBALS}
             ),

@@ -53,6 +53,7 @@ from common import (
     BenchError,
     as_postgres,
     as_ratio,
+    engine_note,
     files_under,
     finish,
     foreign_cpu,
@@ -67,6 +68,7 @@ from common import (
     pgbackrest_conf,
     pgbench,
     postmaster_pid,
+    quiet_options,
     report_options,
     rerender,
     run,
@@ -843,9 +845,7 @@ def render(r: dict) -> str:
             "- Restores started and compared with the source: "
             + "; ".join(f"{k}: {v}" for k, v in r["verified"].items())
             + ".",
-            "- Engine (sha256 prefixes): "
-            + ", ".join(f"`{k}` {v}" for k, v in r["engine"].items())
-            + (" (changed during the run)." if r["engine_changed_during_run"] else "."),
+            engine_note(r),
             "",
         ]
     )
@@ -865,15 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--min-gib", type=float, default=1.0, help="smallest database size to accept (1.0)"
     )
-    p.add_argument(
-        "--wait-idle",
-        type=float,
-        default=1800,
-        metavar="S",
-        help="before each round, wait up to S seconds until no other PostgreSQL server runs "
-        "and other processes use at most --max-busy CPUs (default 1800)",
-    )
-    p.add_argument("--max-busy", type=float, default=0.25, help="CPUs (default 0.25)")
+    quiet_options(p, 1800)
     p.add_argument(
         "--max-noise",
         type=float,

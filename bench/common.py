@@ -441,6 +441,28 @@ def report_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def quiet_options(p: argparse.ArgumentParser, wait_idle_s: float) -> None:
+    """The options of a benchmark that waits for a quiet machine before each round."""
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=wait_idle_s,
+        metavar="S",
+        help="before each round, wait up to S seconds until no other PostgreSQL server runs "
+        f"and other processes use at most --max-busy CPUs (default {wait_idle_s:g})",
+    )
+    p.add_argument("--max-busy", type=float, default=0.25, help="CPUs (default 0.25)")
+
+
+def engine_note(r: Mapping[str, Any]) -> str:
+    """The report's line naming the engine that was measured (``r["engine"]``)."""
+    return (
+        "- Engine (sha256 prefixes): "
+        + ", ".join(f"`{k}` {v}" for k, v in r["engine"].items())
+        + (" (changed during the run)." if r["engine_changed_during_run"] else ".")
+    )
+
+
 def results(name: str) -> Path:
     """Where a benchmark keeps the raw results of its last run (git-ignored)."""
     return OUT / f"{name}-last.json"

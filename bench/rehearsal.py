@@ -59,6 +59,7 @@ from common import (
     BenchError,
     as_postgres,
     as_ratio,
+    engine_note,
     finish,
     load_now,
     log,
@@ -70,6 +71,7 @@ from common import (
     pgbackrest_cmd,
     pgbackrest_conf,
     postmaster_pid,
+    quiet_options,
     report_options,
     rerender,
     run,
@@ -502,9 +504,7 @@ def render(r: dict) -> str:
             f"runs, {max(o['foreign_cpu'] for o in every):.2f} at "
             f"most; other PostgreSQL servers running: up to {max(other)}; {waited:.0f} s "
             f"waited for quiet (at most {r['wait_idle']:.0f} s a round).",
-            "- Engine (sha256 prefixes): "
-            + ", ".join(f"`{k}` {v}" for k, v in r["engine"].items())
-            + (" (changed during the run)." if r["engine_changed_during_run"] else "."),
+            engine_note(r),
             "",
         ]
     )
@@ -521,15 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.4,
         help="share of the database that is random bytea (default 0.4, as bench-base)",
     )
-    p.add_argument(
-        "--wait-idle",
-        type=float,
-        default=120,
-        metavar="S",
-        help="before each round, wait up to S seconds until no other PostgreSQL server runs "
-        "and other processes use at most --max-busy CPUs (default 120)",
-    )
-    p.add_argument("--max-busy", type=float, default=0.25, help="CPUs (default 0.25)")
+    quiet_options(p, 120)
     report_options(p)
     p.add_argument("--keep", action="store_true", help="keep the scratch folder in bench/out")
     args = p.parse_args(argv)

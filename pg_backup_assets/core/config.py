@@ -152,9 +152,13 @@ class Archive:
     spool_dir: Path | None = None  # None: the repository's .spool folder
     parallel: int = 2
 
+    def spool_root(self, repository: Path) -> Path:
+        """The folder that holds every cluster's spool."""
+        return self.spool_dir or repository / SPOOL
+
     def spool(self, repository: Path, cluster: str) -> Path:
         """The spool folder of ``cluster``: the pusher's lock, log and segment statuses."""
-        return (self.spool_dir or repository / SPOOL) / cluster
+        return self.spool_root(repository) / cluster
 
 
 SPOOL = ".spool"

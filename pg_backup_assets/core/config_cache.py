@@ -74,8 +74,6 @@ class WalSettings:
 
     @classmethod
     def from_config(cls, config: object, path: str) -> "WalSettings":
-        from pg_backup_assets.core.config import SPOOL
-
         archive, mode = config.archive, config.repository_mode
         return cls(
             config=path,
@@ -86,7 +84,7 @@ class WalSettings:
             recipients=tuple(config.encryption.recipients) if config.encryption else (),
             clusters=tuple(config.clusters),
             asynchronous=archive.asynchronous,
-            spool_dir=str(archive.spool_dir or config.repository / SPOOL),
+            spool_dir=str(archive.spool_root(config.repository)),
             parallel=archive.parallel,
         )
 

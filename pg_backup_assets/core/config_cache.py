@@ -22,6 +22,11 @@ _FORMAT = "pgbackup-wal-settings 1"
 _SCALARS = ("repository", "files", "folders", "group", "async", "spool_dir", "parallel")
 
 
+def stamp(data: bytes) -> tuple[int, int]:
+    """What tells a config file's content from another: its size and CRC-32."""
+    return len(data), crc32(data)
+
+
 def config_file(explicit: str | os.PathLike[str] | None = None) -> str:
     """The config file from ``--config`` or ``$PGBACKUP_CONFIG``."""
     value = explicit or os.environ.get(CONFIG_ENV)
@@ -148,11 +153,7 @@ def _read(path: str, data: bytes) -> "WalSettings | None":
         elif key:
             one[key] = value
     try:
-        if (
-            one["config"] != path
-            or int(one["bytes"]) != len(data)
-            or int(one["crc32"]) != crc32(data)
-        ):
+        if one["config"] != path or (int(one["bytes"]), int(one["crc32"])) != stamp(data):
             return None
         for ref in many["env"]:
             var, _, value = ref.partition("\t")
@@ -190,7 +191,8 @@ def _write(path: str, data: bytes, settings: WalSettings, env: dict[str, str | N
         "spool_dir": settings.spool_dir,
         "parallel": str(settings.parallel),
     }
-    lines = [_FORMAT, f"config\t{path}", f"bytes\t{len(data)}", f"crc32\t{crc32(data)}"]
+    size, crc = stamp(data)
+    lines = [_FORMAT, f"config\t{path}", f"bytes\t{size}", f"crc32\t{crc}"]
     lines += [
         f"env\t{var}\t{value}" if value is not None else f"noenv\t{var}"
         for var, value in sorted(env.items())

@@ -25,7 +25,6 @@ import os
 import select
 import sys
 import time
-from binascii import crc32
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from pg_backup_assets.core import config_cache
@@ -169,7 +168,7 @@ def _stamp(path: str) -> tuple[int, int] | None:
             data = f.read()
     except OSError:
         return None
-    return len(data), crc32(data)
+    return config_cache.stamp(data)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ from pg_backup_assets.core.errors import ConfigError, PgBackupError
 from pg_backup_assets.core.postgres.local_cluster import SOCKET_DIR_MAX, LocalCluster
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.wal.archive import find
+from pg_backup_assets.core.wal.names import segment_of
 from pg_backup_assets.definitions import build_defs
 from pg_backup_assets.defs.check_names import BASE_BACKUP_VERIFIED, SIZE_ANOMALY
 from tests.conftest import _reachable_tmpdir, archiving_settings, write_config
@@ -156,6 +157,48 @@ def test_a_restore_deep_in_the_tree_starts_its_server(scenario):
     assert not result.server.sockdir.exists()  # gone with the server
     # RTO: first byte fetched to a usable server, the steps between the phases included.
     assert result.rto_s > result.fetch_extract_s + result.replay_s
+
+
+def test_replay_takes_the_wal_fetched_ahead(scenario):
+    """The restore fetches the WAL replay needs into a spool while it prepares the copy;
+    PostgreSQL's restore_command moves each file from there, and goes back to plain
+    wal-fetch once recovery is over."""
+    target, expected = scenario.targets["name"]
+    labels, result = restore_and_read(scenario, target, "spooled")
+    assert labels == expected
+    # The backup's own WAL and what follows up to the restore point: several segments.
+    assert result.wal_wanted >= 2
+    assert result.wal_fetched_ahead == result.wal_wanted
+    # Replay reads every segment it needs from the spool (the history probes, which are
+    # not archived, still go to wal-fetch and fail quietly).
+    assert result.wal_taken_ahead >= 2
+    run = scenario.workdir / ".restore-spooled.run"
+    assert run.is_dir() and not (run / "wal-spool").exists()
+    auto = (result.data_dir / "postgresql.auto.conf").read_text()
+    assert "wal-spool" not in auto and "wal-fetch --source local %f %p" in auto
+
+
+def test_a_damaged_segment_is_not_fetched_ahead_and_stops_recovery(scenario):
+    """Fetching ahead verifies each file as wal-fetch does: a damaged segment is left to
+    wal-fetch, which stops recovery naming it (never a recovery that silently ends early)."""
+    [backup] = list_base_backups(scenario.repo, "main")
+    size = 16 * 2**20
+    first = segment_of(backup.start_lsn, backup.timeline, size).name(size)
+    [obj] = find(scenario.repo, "main", first)
+    stored = scenario.workdir / "repo" / obj.key
+    good = stored.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    stored.write_bytes(bytes(bad))
+    try:
+        with pytest.raises(PgBackupError) as exc:
+            restore_and_read(scenario, scenario.targets["latest"][0], "damaged-wal")
+        log = (scenario.workdir / ".restore-damaged-wal.run" / "server.log").read_text()
+        assert first in log and "damaged" in log, log[-2000:]
+        assert "partial restore is left" in str(exc.value)
+        assert not (scenario.workdir / ".restore-damaged-wal.run" / "wal-spool").exists()
+    finally:
+        stored.write_bytes(good)
 
 
 def test_base_backup_catalog_entry(scenario):

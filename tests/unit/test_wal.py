@@ -177,3 +177,29 @@ def test_abandoned_timeline_is_ignored_and_missing_history_is_reported():
 def test_empty_archive():
     report = find_gaps([], {}, S16)
     assert report.contiguous and report.first is None and report.describe() == "no WAL archived yet"
+
+
+def test_wal_to_replay_follows_the_newest_timeline():
+    from pg_backup_assets.core.wal.archive import ArchiveListing, WalObject
+    from pg_backup_assets.core.wal.names import Segment, Switch
+    from pg_backup_assets.core.wal.prefetch import wal_to_replay
+
+    size = 16 * 2**20
+
+    def seg(tl: int, segno: int) -> WalObject:
+        name = Segment(tl, segno).name(size)
+        return WalObject(name, "segment", f"k/{name}", "0" * 64, 1, 0.0)
+
+    # Timeline 2 branched off inside segment 3; timeline 1 went on to segment 5 anyway.
+    segments = [seg(1, n) for n in range(1, 6)] + [seg(2, n) for n in (3, 4, 6)]
+    history = WalObject("00000002.history", "history", "k/h", "0" * 64, 1, 0.0)
+    listing = ArchiveListing(segments, {2: [Switch(1, 2, 3 * size + 100)]}, [], size, [history])
+    names = [o.name for o in wal_to_replay(listing, 2 * size + 40, None)]
+    # The history first; segment 2 from timeline 1, then timeline 2 from its switch on;
+    # timeline 2's segment 5 is not archived (the restore's gap check refuses that case).
+    expected = [Segment(t, n).name(size) for t, n in [(1, 2), (2, 3), (2, 4), (2, 6)]]
+    assert names == ["00000002.history", *expected]
+    to_lsn = [o.name for o in wal_to_replay(listing, 2 * size, 4 * size + 5)]
+    assert to_lsn[-1] == Segment(2, 4).name(size) and len(to_lsn) == 4
+    empty = ArchiveListing([], {}, [], None, [])
+    assert wal_to_replay(empty, 0, None) == []

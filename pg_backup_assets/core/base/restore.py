@@ -23,13 +23,24 @@ from pg_backup_assets.core.catalog import BaseBackup, find_restore_point, list_b
 from pg_backup_assets.core.config import ClusterConfig
 from pg_backup_assets.core.errors import CommandError, IntegrityError, NotFoundError, PgBackupError
 from pg_backup_assets.core.postgres.client import bindir, dsn_at
-from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over_tree
+from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over, hand_over_tree
 from pg_backup_assets.core.progress import Log, ProgressLog
 from pg_backup_assets.core.storage.codec import HashingReader
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.tools import require_tar_zstd
-from pg_backup_assets.core.wal.archive import list_archive, quote_setting, restore_command
+from pg_backup_assets.core.wal.archive import (
+    ArchiveListing,
+    list_archive,
+    quote_setting,
+    restore_command,
+)
 from pg_backup_assets.core.wal.names import Segment, find_gaps, format_lsn, parse_lsn, parse_segment
+from pg_backup_assets.core.wal.prefetch import (
+    Prefetcher,
+    absent_histories,
+    spool_restore_command,
+    wal_to_replay,
+)
 
 TARGET_KINDS = ("time", "lsn", "xid", "name")
 
@@ -129,6 +140,11 @@ class RestoreResult:
     cluster_dsn: str = ""  # the source's DSN: its user and credentials reach the copy too
     started_at: float | None = None  # time.monotonic() when fetching began
     usable_s: float | None = None  # from then until the started copy accepts writes
+    # With ``start``: the WAL files replay was expected to ask for, and how many of them
+    # were fetched ahead of it (the rest, and anything else, by restore_command's wal-fetch).
+    wal_wanted: int = 0
+    wal_fetched_ahead: int = 0
+    wal_taken_ahead: int = 0  # of those, how many replay took from the spool
 
     @property
     def rto_s(self) -> float:
@@ -191,7 +207,7 @@ def restore(
         if point_lsn is not None
         else (parse_lsn(target.value) if target.kind == "lsn" else None)
     )
-    _check_wal(repo, cluster.name, backup, target, needed_to)
+    listing = _check_wal(repo, cluster.name, backup, target, needed_to)
     span = f"{format_lsn(backup.start_lsn)}..{format_lsn(backup.stop_lsn)}"
     log(
         f"restoring {backup.label} (LSN {span}, {backup.size_bytes:,} bytes) into {to}, "
@@ -207,8 +223,68 @@ def restore(
         repo.read_into(backup.objects["backup_manifest"], f)
     fetch_extract_s = time.monotonic() - t0
 
+    fetch_wal = restore_command(config_path, cluster.name, source)
+    # With the server to start: fetch the WAL replay will ask for while the rest is
+    # prepared and while replay runs.
+    spool = (
+        Prefetcher(
+            repo,
+            wal_to_replay(listing, backup.start_lsn, needed_to),
+            _run_dir(to) / "wal-spool",
+            own=hand_over,
+            absent=absent_histories(listing),
+        )
+        if start
+        else contextlib.nullcontext()
+    )
+    with spool as prefetch:
+        result = _finish(
+            repo,
+            cluster,
+            config_path,
+            to,
+            target,
+            backup,
+            fetch_wal,
+            prefetch,
+            t0,
+            fetch_extract_s,
+            start,
+            log,
+            timeout_s,
+            archive_mode,
+            s3_env,
+        )
+    if prefetch is not None:
+        result.wal_taken_ahead = prefetch.taken
+    return result
+
+
+def _run_dir(to: Path) -> Path:
+    """Where a restored copy started by ``restore`` keeps its log, socket and WAL spool."""
+    return to.parent / f".{to.name}.run"
+
+
+def _finish(  # noqa: PLR0913 - the rest of restore(), with the prefetcher running
+    repo: Repository,
+    cluster: ClusterConfig,
+    config_path: Path,
+    to: Path,
+    target: Target,
+    backup: BaseBackup,
+    fetch_wal: str,
+    prefetch: Prefetcher | None,
+    t0: float,
+    fetch_extract_s: float,
+    start: bool,
+    log: Log,
+    timeout_s: float,
+    archive_mode: str,
+    s3_env: bool,
+) -> RestoreResult:
+    command = fetch_wal if prefetch is None else spool_restore_command(prefetch.spool, fetch_wal)
     settings = {
-        "restore_command": quote_setting(restore_command(config_path, cluster.name, source)),
+        "restore_command": quote_setting(command),
         "recovery_target_action": "'promote'",
         "recovery_target_timeline": "'latest'",
         **target.settings(),
@@ -232,7 +308,34 @@ def restore(
         # A folder store: the restored server's OS user reads WAL from it (every folder).
         folders = list(Path(root).joinpath(cluster.name, "wal").glob("**/")) if root else []
         _start_and_wait(result, config_path, log, timeout_s, s3_env, folders)
+        if prefetch is not None:
+            _unspool_restore_command(to, command, fetch_wal)
+            result.wal_wanted = len(prefetch.wanted)
+            result.wal_fetched_ahead = len(prefetch.fetched)
+            missed = ", ".join(sorted(prefetch.failed))
+            log(
+                f"WAL: {len(prefetch.fetched)} of {len(prefetch.wanted)} files fetched ahead "
+                "of replay" + (f"; not fetched ahead: {missed}" if missed else "")
+            )
     return result
+
+
+def _unspool_restore_command(to: Path, spooled: str, plain: str) -> None:
+    """Once recovery is over the spool is gone: the copy's restore_command (should it ever
+    recover from the archive again) goes back to plain ``wal-fetch``."""
+    conf = to / "postgresql.auto.conf"
+    text = conf.read_text()
+    new = text.replace(quote_setting(spooled), quote_setting(plain))
+    if new == text:
+        return
+    tmp = conf.with_name(f".{conf.name}.pgbackup")
+    with open(tmp, "w") as f:
+        f.write(new)
+        f.flush()
+        os.fsync(f.fileno())
+    shutil.copymode(conf, tmp)
+    hand_over(tmp)
+    os.replace(tmp, conf)
 
 
 ARCHIVE_MODES = ("off", "preserve")
@@ -301,8 +404,8 @@ def _check_compatible(backup: BaseBackup, start: bool) -> None:
 
 def _check_wal(
     repo: Repository, cluster: str, backup: BaseBackup, target: Target, needed_to: int | None
-) -> None:
-    """Refuse, before any work, a restore that the archive cannot complete."""
+) -> ArchiveListing:
+    """Refuse, before any work, a restore that the archive cannot complete; the listing."""
     listing = list_archive(repo, cluster)
     size = listing.segment_size
     if size is None:
@@ -328,6 +431,7 @@ def _check_wal(
                 f"archive, and the restore of {backup.label} to {target.describe()} needs it; "
                 "choose a target before the gap (e.g. --target-lsn) or a newer backup"
             )
+    return listing
 
 
 def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> None:
@@ -470,8 +574,8 @@ def _start_and_wait(
     wal_folders: list[Path],
 ) -> None:
     to = result.data_dir
-    server = LocalCluster(to.parent / f".{to.name}.run", major=result.backup.pg_major, data=to)
-    server.adopt()
+    server = LocalCluster(_run_dir(to), major=result.backup.pg_major, data=to)
+    server.adopt(owned=True)  # restore() handed the folder over
     if not server.readable_by_server(Path(config_path)):
         raise PgBackupError(
             f"the server's OS user cannot read {config_path}, which its restore_command needs"

@@ -150,12 +150,14 @@ class LocalCluster:
         self.configure(settings or {})
         return self
 
-    def adopt(self, settings: Mapping[str, str] | None = None) -> LocalCluster:
-        """Run a data directory that already exists (a restored backup, a copy) from here."""
+    def adopt(self, settings: Mapping[str, str] | None = None, owned: bool = False) -> LocalCluster:
+        """Run a data directory that already exists (a restored backup, a copy) from here;
+        ``owned``: the server's OS user already owns every file in it."""
         if not (self.data / "PG_VERSION").exists():
             raise PgBackupError(f"{self.data} holds no PostgreSQL data directory")
         self._prepare()
-        hand_over_tree(self.data)
+        if not owned:
+            hand_over_tree(self.data)
         self.data.chmod(0o700)
         self.configure(settings or {})
         return self

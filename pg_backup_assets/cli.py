@@ -72,6 +72,12 @@ def _parser() -> "argparse.ArgumentParser":
     )
     push.add_argument("path", help="the WAL file (%%p)")
 
+    sub.add_parser(
+        "archive-command",
+        help="print the archive_command line for postgresql.conf (with archive.async: one "
+        "that answers a segment the background pusher already archived without Python)",
+    )
+
     fetch = sub.add_parser(
         "wal-fetch",
         help="restore one WAL file (restore_command = 'pgbackup ... wal-fetch %%f %%p')",
@@ -308,6 +314,15 @@ def _lean_config(args: "argparse.Namespace"):  # noqa: ANN202
 
 def _cmd_wal_push(args: "argparse.Namespace") -> int:
     return _wal_push(args.config, args.cluster, args.path)
+
+
+def _cmd_archive_command(args: "argparse.Namespace") -> int:
+    from pg_backup_assets.core.config import config_path
+    from pg_backup_assets.core.wal.archive import archive_command, quote_setting
+
+    command = archive_command(config_path(args.config), args.cluster)
+    print(f"archive_command = {quote_setting(command)}")
+    return 0
 
 
 def _cmd_wal_fetch(args: "argparse.Namespace") -> int:
@@ -616,6 +631,7 @@ _COMMANDS = {
     "restore": _cmd_restore,
     "restore-point": _cmd_restore_point,
     "wal-push": _cmd_wal_push,
+    "archive-command": _cmd_archive_command,
     "wal-fetch": _cmd_wal_fetch,
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -175,6 +176,40 @@ def test_a_call_returns_once_its_segment_is_durable_and_the_pusher_pushes_ahead(
     assert heavy & set(modules.split()) == set()
     for name in rest:
         assert archived_content(repo, name) == segments[name]
+
+
+def test_the_printed_archive_command_answers_a_pushed_segment_in_the_shell(archiving, workdir):
+    """`pgbackup archive-command`'s line, run as PostgreSQL runs it (sh -c, its OS user, in
+    the data directory, %p/%f/%% filled in) with its Python part replaced by `exit 9`,
+    answers 0 for segments the real pusher made durable, and leaves a segment it did not
+    push (or one replaced since) to wal-push."""
+    cluster, _ = archiving
+    segments = real_segments(cluster, 3)
+    first, second, third = segments
+    data = data_dir(workdir / "data", {first: segments[first], second: segments[second]})
+    config = async_config(workdir, "async.yaml")
+    printed = pgbackup("archive-command", config=config)
+    assert printed.returncode == 0, printed.stderr
+    line = printed.stdout.strip()
+    assert line.startswith("archive_command = '") and line.endswith(" wal-push %p'")
+    command = line.split(" = ", 1)[1][1:-1].replace("''", "'")
+    shell_only = command.split("exec ", 1)[0] + "exit 9"
+
+    assert archive_call(config, data, first).returncode == 0  # the pusher pushes both
+    spool = spool_of(config)
+    wait_until("the pusher's statuses", lambda: (spool / f"{second}.ok").exists())
+
+    def run(name: str) -> int:
+        fill = {"%p": f"pg_wal/{name}", "%f": name, "%%": "%"}
+        command = re.sub("%[pf%]", lambda m: fill[m.group()], shell_only)
+        return as_server_user(["sh", "-c", command], check=False, cwd=data).returncode
+
+    assert run(first) == 0 and run(second) == 0
+    (data / "pg_wal" / third).write_bytes(segments[third])
+    assert run(third) == 9  # never pushed: wal-push's to decide
+    (data / "pg_wal" / second).unlink()
+    (data / "pg_wal" / second).write_bytes(segments[second])  # the same bytes, a new file
+    assert run(second) == 9
 
 
 def test_a_status_is_trusted_only_for_the_same_file_and_a_present_object(archiving, workdir):

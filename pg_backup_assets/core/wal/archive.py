@@ -331,8 +331,19 @@ def pgbackup_executable() -> str:
 
 
 def archive_command(config_path: str | os.PathLike[str], cluster: str | None = None) -> str:
-    """The ``archive_command`` setting that archives through ``pgbackup wal-push``."""
-    return _command(config_path, cluster, "wal-push %p")
+    """The ``archive_command`` setting that archives through ``pgbackup wal-push``; with
+    ``archive.async`` preceded by a shell check that answers, without an interpreter, a
+    call whose file the background pusher has already made durable (``pgbackup
+    archive-command`` prints it)."""
+    plain = _command(config_path, cluster, "wal-push %p")
+    from pg_backup_assets.core.config import load_config
+    from pg_backup_assets.core.wal.spool import done_check_shell
+
+    config = load_config(config_path, need_dsn_secrets=False)
+    if not config.archive.asynchronous:
+        return plain
+    spool = config.archive.spool(config.repository, config.cluster(cluster).name)
+    return done_check_shell(str(spool), str(config.repository)) + "exec " + plain
 
 
 def archiving_settings(
@@ -363,4 +374,5 @@ def _command(config_path: str | os.PathLike[str], cluster: str | None, tail: str
     parts = [pgbackup_executable(), "--config", str(Path(config_path).resolve())]
     if cluster:
         parts += ["--cluster", cluster]
-    return " ".join(shlex.quote(p) for p in parts) + " " + tail
+    # PostgreSQL reads %p, %f (and %r) in the command: a % of a path is written %%.
+    return " ".join(shlex.quote(p).replace("%", "%%") for p in parts) + " " + tail

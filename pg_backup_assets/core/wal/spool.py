@@ -125,8 +125,34 @@ def call(settings: object, cluster: str, path: str) -> int | None:
 
 def identity(st: os.stat_result) -> str:
     """What tells one file from another that took its name (a recycled segment, a
-    re-initialised cluster): device, inode, size, mtime and ctime."""
-    return f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+    re-initialised cluster): device, inode, size, mtime and ctime; written as GNU
+    ``stat -c '%d %i %s %.9Y %.9Z'`` prints them, so that ``done_check_shell`` can compare."""
+    m, c = st.st_mtime_ns, st.st_ctime_ns
+    return (
+        f"{st.st_dev} {st.st_ino} {st.st_size} "
+        f"{m // 10**9}.{m % 10**9:09d} {c // 10**9}.{c % 10**9:09d}"
+    )
+
+
+def done_check_shell(spool: str, repository: str) -> str:
+    """A shell prefix for archive_command that exits 0, starting no interpreter, when the
+    spool's ``<name>.ok`` vouches for the file PostgreSQL asks to archive: the very file
+    that was pushed (``identity``) and its object still in ``repository`` with the size it
+    was written with, as ``is_durable`` checks. In any other case (no status, another
+    file, a missing object, an older ``stat`` that prints times otherwise) the command
+    goes on to ``wal-push``, which decides as always. One ``stat`` process for both files.
+    Written for archive_command: PostgreSQL turns ``%%`` into ``%``.
+    """
+    import shlex
+
+    ok = shlex.quote(spool).replace("%", "%%") + "/%f.ok"
+    repo = shlex.quote(repository).replace("%", "%%")
+    return (
+        f'if [ -f {ok} ] && read -r k n i < {ok} && case $k in ""|/*|*..*) false;; esac '
+        # %% is PostgreSQL's escape for a literal % (and a bare %d is an error from 16 on).
+        f"&& set -- $(stat -c '%%d %%i %%s %%.9Y %%.9Z' -- %p {repo}/\"$k\" 2>/dev/null) "
+        '&& [ "$1 $2 $3 $4 $5" = "$i" ] && [ "$8" = "$n" ]; then exit 0; fi; '
+    )
 
 
 def read_status(spool: str, name: str) -> tuple[str, str] | None:

@@ -265,6 +265,7 @@ def one_rehearsal(conf: Path, week: str, calls: list[float]) -> dict[str, Any]:
         "pinned": report.pinned,
         "backup": report.backup,
         "wal": report.wal,
+        "wal_fetched_ahead": report.wal_fetched_ahead,
         "log": lines[-40:],
     }
 
@@ -497,8 +498,10 @@ def render(r: dict) -> str:
             f"{', '.join(sorted(set(reh[-1]['checks'])))}. Every pgBackRest restore held the "
             f"source's rows: {all(o['rows'] == 'identical rows' for o in counted(ops, PGBR))}.",
             f"- WAL the last rehearsal's restore replayed: {segments} segments ({first} to "
-            f"{last}), each fetched by its own `pgbackup wal-fetch` process from the offsite "
-            "store (pgBackRest's: `pgbackrest archive-get`).",
+            f"{last}); {reh[-1].get('wal_fetched_ahead', 0)} WAL files taken from the "
+            "restore's spool (fetched from the offsite store ahead of replay, two at a time), "
+            "anything else by a `pgbackup wal-fetch` process each (pgBackRest's: "
+            "`pgbackrest archive-get`).",
             f"- {r['rounds']} rounds, alternating (AB, BA, ...) after {r['warmup']} warm-up "
             f"round(s); other processes used {foreign_mean:.2f} CPUs on average during the "
             f"runs, {max(o['foreign_cpu'] for o in every):.2f} at "

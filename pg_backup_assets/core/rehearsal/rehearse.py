@@ -56,6 +56,7 @@ class RehearsalReport:
     backup: str = ""
     pg_major: int = 0
     wal: list[str] = field(default_factory=list)  # [first, last] segment the restore used
+    wal_fetched_ahead: int = 0  # WAL files replay took from the restore's spool
     pinned: bool = False
     phases: dict[str, float] = field(default_factory=dict)
     rto_s: float | None = None  # None: not measured (the restore never got that far)
@@ -173,6 +174,7 @@ def _rehearse(
     report.pg_major = backup.pg_major
     size = status.segment_size or 16 << 20
     report.wal = [Segment(backup.timeline, backup.start_lsn // size).name(size), segment]
+    report.wal_fetched_ahead = result.wal_taken_ahead
     report.restored_bytes = backup.raw_bytes
     report.phases["fetch_s"] = round(result.fetch_extract_s, 3)
     report.phases["replay_s"] = round(result.replay_s or 0, 3)

@@ -77,7 +77,7 @@ def spool_restore_command(spool: Path, fallback: str) -> str:
     ``.history`` file the spool lists as absent, and runs ``fallback`` for anything else.
     A spooled file that cannot be moved is fatal (126): "not archived" (1) would end
     recovery early."""
-    d = shlex.quote(str(spool))
+    d = shlex.quote(str(spool)).replace("%", "%%")  # PostgreSQL's escape for a literal %
     return (
         f'if [ -f {d}/%f ]; then mv -f {d}/%f "%p" || exit 126; '
         f"elif [ -f {d}/{ABSENT}/%f ]; then exit 1; else {fallback}; fi"

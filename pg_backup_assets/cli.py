@@ -279,6 +279,10 @@ def _cmd_restore(args: "argparse.Namespace") -> int:
     print(f"  fetch + extract   {result.fetch_extract_s:.1f}s")
     if result.server:
         print(f"  replay            {result.replay_s:.1f}s")
+        print(
+            f"  WAL fetched ahead {result.wal_fetched_ahead} of {result.wal_wanted} files, "
+            f"{result.wal_taken_ahead} taken by replay"
+        )
         print(f"  reached           {result.reached_lsn} ({result.stop_reason or 'end of WAL'})")
         print(f"  last transaction  {result.reached_time or 'n/a'}")
         archiving = "off on it" if args.archive_mode == "off" else "as the source's"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 
 import dagster as dg
@@ -113,6 +114,9 @@ def test_s3_offsite_survives_losing_the_local_repository(workdir, s3_endpoint):
         proc = pgbackup("restore", "--to", str(to), "--source", "offsite", "--start", config=config)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "s3://" in proc.stdout
+        # Replay's WAL came from S3 ahead of it, every file checked (threads, one client).
+        ahead = re.search(r"WAL fetched ahead (\d+) of (\d+) files, (\d+) taken", proc.stdout)
+        assert ahead and ahead[1] == ahead[2] and int(ahead[3]) >= 2, proc.stdout[-2000:]
         server = LocalCluster(to.parent / f".{to.name}.run", data=to)
         server.port = int(
             next(p for p in proc.stdout.split() if p.startswith("port=")).split("=")[1]

@@ -315,11 +315,27 @@ def median_ms(cmd: list[str], env: dict[str, str], n: int, what: str) -> float:
 
 
 def import_profile(
-    cmd: list[str], env: dict[str, str], cwd: Path | None = None
+    cmd: list[str], env: dict[str, str], cwd: Path | None = None, runs: int = 7
 ) -> dict[str, object]:
-    """One call under ``-X importtime``: the imports after ``site`` (what the command itself
-    imports; the interpreter's own start-up imports come before it), ``site``'s share, and
-    the self time per top package of those imports."""
+    """``runs`` calls under ``-X importtime``, the median of each figure: the imports after
+    ``site`` (what the command itself imports; the interpreter's own start-up imports come
+    before it), ``site``'s share, and the self time per top package of those imports. (One
+    call is not enough: a single stall of the machine once put 0.7 s on one module.)"""
+    profiles = [_import_profile(cmd, env, cwd) for _ in range(runs)]
+    groups: dict[str, list[float]] = {}
+    for p in profiles:
+        for name, ms in p["heaviest_self_ms"]:
+            groups.setdefault(name, []).append(ms)
+    medians = {name: statistics.median(v + [0.0] * (runs - len(v))) for name, v in groups.items()}
+    return {
+        "after_site_ms": statistics.median(p["after_site_ms"] for p in profiles),
+        "site_ms": statistics.median(p["site_ms"] for p in profiles),
+        "heaviest_self_ms": sorted(medians.items(), key=lambda kv: -kv[1])[:8],
+        "runs": runs,
+    }
+
+
+def _import_profile(cmd: list[str], env: dict[str, str], cwd: Path | None) -> dict[str, object]:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=cwd)
     if proc.returncode != 0:
         raise BenchError(f"import profile run failed: {proc.stderr.strip()[-2000:]}")
@@ -343,7 +359,7 @@ def import_profile(
         if root.startswith("__editable__"):
             root = "editable-install finder"
         groups[root] = groups.get(root, 0.0) + self_ms
-    heavy = sorted(groups.items(), key=lambda kv: -kv[1])[:8]
+    heavy = sorted(groups.items(), key=lambda kv: -kv[1])[:16]
     return {"after_site_ms": after_site, "site_ms": site, "heaviest_self_ms": heavy}
 
 

@@ -180,7 +180,7 @@ def test_a_call_returns_once_its_segment_is_durable_and_the_pusher_pushes_ahead(
 
 def test_the_printed_archive_command_answers_a_pushed_segment_in_the_shell(archiving, workdir):
     """`pgbackup archive-command`'s line, run as PostgreSQL runs it (sh -c, its OS user, in
-    the data directory, %p/%f/%% filled in) with its Python part replaced by `exit 9`,
+    the data directory, %p/%f/%% filled in) with its wal-push replaced by `exit 9`,
     answers 0 for segments the real pusher made durable, and leaves a segment it did not
     push (or one replaced since) to wal-push."""
     cluster, _ = archiving
@@ -193,7 +193,8 @@ def test_the_printed_archive_command_answers_a_pushed_segment_in_the_shell(archi
     line = printed.stdout.strip()
     assert line.startswith("archive_command = '") and line.endswith(" wal-push %p'")
     command = line.split(" = ", 1)[1][1:-1].replace("''", "'")
-    shell_only = command.split("exec ", 1)[0] + "exit 9"
+    assert command.startswith("sh ") and "archive_done.sh" in command
+    shell_only = command.split(" %p %f ", 1)[0] + " %p %f sh -c 'exit 9'"
 
     assert archive_call(config, data, first).returncode == 0  # the pusher pushes both
     spool = spool_of(config)

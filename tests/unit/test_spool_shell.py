@@ -1,12 +1,16 @@
-"""The shell check in an async archive_command: it may answer 0 without an interpreter only
-when the spool's status vouches for the very file PostgreSQL asks to archive, as the
-Python call's ``is_durable`` would; in every other case it goes on to ``wal-push``."""
+"""The shell side of an async archive_command (``archive_done.sh``): it may answer 0
+without an interpreter only when the spool's status vouches for the very file PostgreSQL
+asks to archive, as the Python call's ``is_durable`` would; it waits a while for a running
+pusher; in every other case it runs the command after its arguments (``wal-push``)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ import pytest
 from pg_backup_assets.core.wal import spool as sp
 
 NAME = "000000010000000000000007"
-FALLBACK = "exit 7"  # stands for `exec pgbackup ... wal-push %p`
+FALLBACK = "sh -c 'exit 7'"  # stands for `pgbackup ... wal-push %p`
 
 
 @pytest.fixture
@@ -25,21 +29,30 @@ def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     repo, spool = tmp_path / "repo", tmp_path / "spool"
     (repo / "main/wal/0000000100000000").mkdir(parents=True)
     spool.mkdir()
-    key = f"main/wal/0000000100000000/{NAME}-{'a' * 64}.zst"
-    (repo / key).write_bytes(b"z" * 100)
-    ident = sp.identity(os.stat(wal / NAME))
-    (spool / f"{NAME}.ok").write_text(sp.ok_text(key, 100, ident) + "\n")
+    (repo / key_of()).write_bytes(b"z" * 100)
+    write_ok(tmp_path / "data", spool)
     return tmp_path / "data", repo, spool
 
 
+def key_of() -> str:
+    return f"main/wal/0000000100000000/{NAME}-{'a' * 64}.zst"
+
+
+def write_ok(data: Path, spool: Path, key: str | None = None) -> None:
+    ident = sp.identity(os.stat(data / "pg_wal" / NAME))
+    key = key_of() if key is None else key
+    sp.write_status(str(spool), NAME, "ok", sp.ok_text(key, 100, ident))
+
+
+def command(repo: Path, spool: Path) -> str:
+    """The archive_command as PostgreSQL runs it: %p, %f and %% filled in."""
+    fill = {"%p": f"pg_wal/{NAME}", "%f": NAME, "%%": "%"}
+    line = sp.done_check_command(str(spool), str(repo), FALLBACK)
+    return re.sub("%[pf%]", lambda m: fill[m.group()], line)
+
+
 def archive(data: Path, repo: Path, spool: Path) -> int:
-    """Run the command as PostgreSQL does: sh -c, in the data directory, %p and %f filled."""
-    command = re.sub(
-        "%[pf%]",
-        lambda m: {"%p": f"pg_wal/{NAME}", "%f": NAME, "%%": "%"}[m.group()],
-        sp.done_check_shell(str(spool), str(repo)) + FALLBACK,
-    )
-    return subprocess.run(["sh", "-c", command], cwd=data, check=False).returncode
+    return subprocess.run(["sh", "-c", command(repo, spool)], cwd=data, check=False).returncode
 
 
 def test_a_file_the_pusher_made_durable_is_answered_by_the_shell(setup):
@@ -73,7 +86,7 @@ def test_a_touched_file_goes_on_to_wal_push(setup):
 
 def test_an_object_gone_or_of_another_size_goes_on_to_wal_push(setup):
     data, repo, spool = setup
-    [obj] = (repo / "main/wal/0000000100000000").iterdir()
+    obj = repo / key_of()
     obj.write_bytes(b"z" * 99)
     assert archive(data, repo, spool) == 7
     obj.unlink()
@@ -84,6 +97,73 @@ def test_an_object_gone_or_of_another_size_goes_on_to_wal_push(setup):
 def test_a_key_outside_the_repository_goes_on_to_wal_push(setup, key):
     data, repo, spool = setup
     (repo.parent / "outside").write_bytes(b"o" * 100)  # the right size, not in the repository
-    ident = sp.identity(os.stat(data / "pg_wal" / NAME))
-    (spool / f"{NAME}.ok").write_text(f"{key} 100 {ident}\n")
+    write_ok(data, spool, key)
     assert archive(data, repo, spool) == 7
+
+
+class FakePusher:
+    """What the shell sees of a running pusher: its lock held and its wake FIFO read."""
+
+    def __init__(self, spool: Path):
+        os.mkfifo(spool / sp.WAKE)
+        self.rfd = os.open(spool / sp.WAKE, os.O_RDONLY | os.O_NONBLOCK)
+        self.lock = os.open(spool / sp.LOCK, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def poked(self) -> bool:
+        try:
+            return bool(os.read(self.rfd, 4096))
+        except BlockingIOError:
+            return False
+
+    def close(self) -> None:
+        os.close(self.lock)
+        os.close(self.rfd)
+
+
+def later(seconds: float, action) -> threading.Thread:  # noqa: ANN001
+    t = threading.Thread(target=lambda: (time.sleep(seconds), action()))
+    t.start()
+    return t
+
+
+def test_a_running_pusher_is_poked_and_waited_for(setup):
+    data, repo, spool = setup
+    (spool / f"{NAME}.ok").unlink()
+    pusher = FakePusher(spool)
+    try:
+        done = later(0.3, lambda: write_ok(data, spool))
+        assert archive(data, repo, spool) == 0  # the .ok came while the shell waited
+        done.join()
+        assert pusher.poked()
+    finally:
+        pusher.close()
+
+
+def test_a_push_that_failed_goes_on_to_wal_push_at_once(setup):
+    data, repo, spool = setup
+    (spool / f"{NAME}.ok").unlink()
+    pusher = FakePusher(spool)
+    try:
+        failed = later(0.2, lambda: sp.write_status(str(spool), NAME, "error", "x\nrepo full"))
+        # (Had the shell waited on past the error, this .ok would have made it answer 0.)
+        retried = later(1.0, lambda: write_ok(data, spool))
+        assert archive(data, repo, spool) == 7  # wal-push reports the pusher's reason
+        failed.join()
+        retried.join()
+    finally:
+        pusher.close()
+
+
+def test_without_a_running_pusher_wal_push_starts_one_at_once(setup):
+    data, repo, spool = setup
+    (spool / f"{NAME}.ok").unlink()
+    os.mkfifo(spool / sp.WAKE)  # left by an earlier pusher; its lock is free
+    # (Had the shell waited, this .ok would have made it answer 0.)
+    written = later(1.0, lambda: write_ok(data, spool))
+    assert archive(data, repo, spool) == 7
+    written.join()
+    # The shell's look at the lock left it free for the pusher wal-push starts.
+    fd = os.open(spool / sp.LOCK, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)

@@ -337,13 +337,13 @@ def archive_command(config_path: str | os.PathLike[str], cluster: str | None = N
     archive-command`` prints it)."""
     plain = _command(config_path, cluster, "wal-push %p")
     from pg_backup_assets.core.config import load_config
-    from pg_backup_assets.core.wal.spool import done_check_shell
+    from pg_backup_assets.core.wal.spool import done_check_command
 
     config = load_config(config_path, need_dsn_secrets=False)
     if not config.archive.asynchronous:
         return plain
     spool = config.archive.spool(config.repository, config.cluster(cluster).name)
-    return done_check_shell(str(spool), str(config.repository)) + "exec " + plain
+    return done_check_command(str(spool), str(config.repository), plain)
 
 
 def archiving_settings(

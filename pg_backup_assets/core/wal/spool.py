@@ -126,7 +126,7 @@ def call(settings: object, cluster: str, path: str) -> int | None:
 def identity(st: os.stat_result) -> str:
     """What tells one file from another that took its name (a recycled segment, a
     re-initialised cluster): device, inode, size, mtime and ctime; written as GNU
-    ``stat -c '%d %i %s %.9Y %.9Z'`` prints them, so that ``done_check_shell`` can compare."""
+    ``stat -c '%d %i %s %.9Y %.9Z'`` prints them, so that ``archive_done.sh`` can compare."""
     m, c = st.st_mtime_ns, st.st_ctime_ns
     return (
         f"{st.st_dev} {st.st_ino} {st.st_size} "
@@ -134,25 +134,17 @@ def identity(st: os.stat_result) -> str:
     )
 
 
-def done_check_shell(spool: str, repository: str) -> str:
-    """A shell prefix for archive_command that exits 0, starting no interpreter, when the
-    spool's ``<name>.ok`` vouches for the file PostgreSQL asks to archive: the very file
-    that was pushed (``identity``) and its object still in ``repository`` with the size it
-    was written with, as ``is_durable`` checks. In any other case (no status, another
-    file, a missing object, an older ``stat`` that prints times otherwise) the command
-    goes on to ``wal-push``, which decides as always. One ``stat`` process for both files.
-    Written for archive_command: PostgreSQL turns ``%%`` into ``%``.
-    """
+def done_check_command(spool: str, repository: str, fallback: str) -> str:
+    """archive_command for asynchronous archiving: ``archive_done.sh`` (beside this module)
+    answers, starting no interpreter, a call whose file the pusher has made durable (the
+    check ``is_durable`` makes), waiting a while for a running pusher, and runs
+    ``fallback`` (``pgbackup ... wal-push %p``) in every other case. PostgreSQL turns
+    ``%%`` into ``%``: the paths' own ``%`` are written so."""
     import shlex
 
-    ok = shlex.quote(spool).replace("%", "%%") + "/%f.ok"
-    repo = shlex.quote(repository).replace("%", "%%")
-    return (
-        f'if [ -f {ok} ] && read -r k n i < {ok} && case $k in ""|/*|*..*) false;; esac '
-        # %% is PostgreSQL's escape for a literal % (and a bare %d is an error from 16 on).
-        f"&& set -- $(stat -c '%%d %%i %%s %%.9Y %%.9Z' -- %p {repo}/\"$k\" 2>/dev/null) "
-        '&& [ "$1 $2 $3 $4 $5" = "$i" ] && [ "$8" = "$n" ]; then exit 0; fi; '
-    )
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "archive_done.sh")
+    args = (shlex.quote(a).replace("%", "%%") for a in (script, spool, repository))
+    return "sh " + " ".join(args) + " %p %f " + fallback
 
 
 def read_status(spool: str, name: str) -> tuple[str, str] | None:

@@ -375,6 +375,10 @@ def test_killing_the_pusher_mid_segment_loses_nothing(async_archiving):
                     "INSERT INTO r SELECT gen_random_bytes(1000) FROM generate_series(1, 8000)"
                 )
 
+    # A status file a pusher was killed writing, long ago: the next pusher removes it.
+    spool.mkdir(parents=True, exist_ok=True)
+    (spool / "000000010000000000000099.ok.tmp-99999").write_text("half")
+    hand_over_tree(spool.parent)
     writer = threading.Thread(target=write)
     writer.start()
     killed = 0
@@ -399,3 +403,5 @@ def test_killing_the_pusher_mid_segment_loses_nothing(async_archiving):
     assert pgbackup("verify", config=config).returncode == 0
     assert sql(cluster, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] == last
     assert (spool / "pusher.log").read_text().count("started for cluster main") > killed
+    assert not list(spool.glob("*.tmp-*")), sorted(p.name for p in spool.iterdir())
+    assert "unfinished status file" in (spool / "pusher.log").read_text()

@@ -167,3 +167,15 @@ def test_without_a_running_pusher_wal_push_starts_one_at_once(setup):
     fd = os.open(spool / sp.LOCK, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.close(fd)
+
+
+def test_a_pusher_that_dies_meanwhile_is_left_to_wal_push_to_replace(setup):
+    data, repo, spool = setup
+    (spool / f"{NAME}.ok").unlink()
+    pusher = FakePusher(spool)
+    died = later(0.2, pusher.close)  # its lock goes with it
+    # (Had the shell waited on for the dead pusher, this .ok would have made it answer 0.)
+    written = later(1.5, lambda: write_ok(data, spool))
+    assert archive(data, repo, spool) == 7
+    died.join()
+    written.join()

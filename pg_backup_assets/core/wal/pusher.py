@@ -61,6 +61,9 @@ class Pusher:
         wfd = os.open(wake, os.O_WRONLY | os.O_NONBLOCK)
         parallel = self.settings.parallel
         log(f"started for cluster {self.cluster} ({parallel} workers, {self.wal_dir})")
+        swept = self._sweep_temporary()
+        if swept:
+            log(f"removed {swept} unfinished status file(s) of an earlier pusher")
         in_flight: dict[str, Future[None]] = {}
         idle_since = time.monotonic()
         stopping = ""
@@ -135,6 +138,17 @@ class Pusher:
             if dot and kind in ("ok", "error"):
                 out[name] = kind
         return out
+
+    def _sweep_temporary(self) -> int:
+        """Remove the temporary status files (``<name>.<kind>.tmp-<pid>``) a pusher killed
+        mid-write left: only the lock's holder writes statuses, so none is in use."""
+        swept = 0
+        for entry in os.listdir(self.spool):
+            if ".tmp-" in entry:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.spool, entry))
+                    swept += 1
+        return swept
 
     def _reason_to_stop(self) -> str:
         if not os.path.isdir(self.status_dir):

@@ -140,6 +140,15 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     # a recovery without a target, ends recovery there. Any failure of wal-fetch but "not
     # archived" (bad arguments, config, store, disk, a bug) must stop recovery instead.
     fatal = WAL_FETCH_FATAL if "wal-fetch" in argv else None
+    fetch = _wal_fetch_args(argv) if fatal else None
+    if fetch is not None:  # restore_command, once per WAL file: the local copy, leanly
+        status = _run(lambda: _wal_fetch_lean(*fetch), fatal)
+        if status is not None:
+            if own_process:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+            return status
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
@@ -204,6 +213,48 @@ def _wal_push_args(argv: list[str]) -> tuple[str | None, str | None, str] | None
     if i == len(argv) or len(rest) != 1 or rest[0].startswith("-"):
         return None
     return options.get("--config"), options.get("--cluster"), rest[0]
+
+
+def _wal_fetch_args(argv: list[str]) -> tuple[str | None, str | None, str, str] | None:
+    """(config, cluster, name, dest) of ``[--config F] [--cluster C] wal-fetch [--source
+    local] NAME DEST``; None for anything else, which argparse then reads."""
+    if "wal-fetch" not in argv:
+        return None
+    i = argv.index("wal-fetch")
+    head, rest = argv[:i], argv[i + 1 :]
+    if rest[:2] == ["--source", "local"]:
+        rest = rest[2:]
+    elif rest[:1] == ["--source=local"]:
+        rest = rest[1:]
+    if len(rest) != 2 or any(r.startswith("-") for r in rest):
+        return None
+    options = _wal_push_args([*head, "wal-push", "PATH"])  # the same global options
+    if options is None:
+        return None
+    return options[0], options[1], rest[0], rest[1]
+
+
+def _wal_fetch_lean(config: str | None, cluster: str | None, name: str, dest: str) -> int | None:
+    """wal-fetch from the local repository with the cached config (no YAML, no argparse):
+    0 once the file is restored; 1 when it is not archived and no offsite store could have
+    it; None when the full command must decide (an offsite store to try, a damaged or
+    unreadable local copy: it tries every copy and reports)."""
+    from pg_backup_assets.core import config_cache
+    from pg_backup_assets.core.errors import NotFoundError
+    from pg_backup_assets.core.wal.archive import fetch
+    from pg_backup_assets.core.wal.spool import repository
+
+    settings = config_cache.load(config)
+    try:
+        fetch(repository(settings), settings.cluster(cluster), name, dest)
+        return 0
+    except NotFoundError as exc:
+        if settings.offsite:
+            return None
+        print(f"pgbackup: {exc}", file=sys.stderr)
+        return 1
+    except Exception:  # noqa: BLE001 - the full command tries again and says what is wrong
+        return None
 
 
 def _wal_push(config: str | None, cluster: str | None, path: str) -> int:

@@ -1,8 +1,10 @@
-"""What ``wal-push`` needs from the config file, cached so that archive_command (run once
-per WAL segment) does not import and run a YAML parser on every call.
+"""What ``wal-push`` and ``wal-fetch`` need from the config file, cached so that
+archive_command and restore_command (run once per WAL file) do not import and run a YAML
+parser on every call.
 
 The cache holds values that are no secret only: the repository folder and its modes, the
-age recipients (public keys), the cluster names and the archive settings; never a DSN, a
+age recipients (public keys), the path of the age identity file (not its content), whether
+an offsite store is configured, the cluster names and the archive settings; never a DSN, a
 webhook URL or anything else that may carry a password. It lives in the OS user's cache
 folder (``$XDG_CACHE_HOME/pgbackup`` or ``~/.cache/pgbackup``, mode 0700, files 0600), one
 file per config file, and is used only while the config file holds the same bytes (size
@@ -18,8 +20,18 @@ import os
 from binascii import crc32
 
 CONFIG_ENV = "PGBACKUP_CONFIG"
-_FORMAT = "pgbackup-wal-settings 1"
-_SCALARS = ("repository", "files", "folders", "group", "async", "spool_dir", "parallel")
+_FORMAT = "pgbackup-wal-settings 2"
+_SCALARS = (
+    "repository",
+    "files",
+    "folders",
+    "group",
+    "async",
+    "spool_dir",
+    "parallel",
+    "identity_file",
+    "offsite",
+)
 
 
 def stamp(data: bytes) -> tuple[int, int]:
@@ -58,7 +70,7 @@ def pick_cluster(names: object, name: str | None) -> str:
 
 
 class WalSettings:
-    """The config as ``wal-push`` and the background pusher see it."""
+    """The config as ``wal-push``, the background pusher and ``wal-fetch`` see it."""
 
     __slots__ = (
         "config",  # the config file, absolute
@@ -71,6 +83,8 @@ class WalSettings:
         "asynchronous",
         "spool_dir",  # the spool of all clusters: <spool_dir>/<cluster>
         "parallel",
+        "identity_file",  # the age identity's path ("" without one), never its content
+        "offsite",  # an offsite store is configured (wal-fetch falls back to it)
     )
 
     def __init__(self, **values: object):
@@ -91,6 +105,12 @@ class WalSettings:
             asynchronous=archive.asynchronous,
             spool_dir=str(archive.spool_root(config.repository)),
             parallel=archive.parallel,
+            identity_file=(
+                str(config.encryption.identity_file)
+                if config.encryption and config.encryption.identity_file
+                else ""
+            ),
+            offsite=config.offsite is not None,
         )
 
     def cluster(self, name: str | None) -> str:
@@ -172,6 +192,8 @@ def _read(path: str, data: bytes) -> "WalSettings | None":
             asynchronous=one["async"] == "1",
             spool_dir=one["spool_dir"],
             parallel=int(one["parallel"]),
+            identity_file=one["identity_file"],
+            offsite=one["offsite"] == "1",
         )
     except (KeyError, ValueError):
         return None
@@ -190,6 +212,8 @@ def _write(path: str, data: bytes, settings: WalSettings, env: dict[str, str | N
         "async": "1" if settings.asynchronous else "0",
         "spool_dir": settings.spool_dir,
         "parallel": str(settings.parallel),
+        "identity_file": settings.identity_file,
+        "offsite": "1" if settings.offsite else "0",
     }
     size, crc = stamp(data)
     lines = [_FORMAT, f"config\t{path}", f"bytes\t{size}", f"crc32\t{crc}"]
@@ -251,6 +275,8 @@ def _referenced(raw: object) -> dict[str, str | None]:
         enc = raw.get("encryption")
         if isinstance(enc, dict) and isinstance(enc.get("recipients"), list):
             texts += enc["recipients"]
+        if isinstance(enc, dict):
+            texts.append(enc.get("identity_file"))
         archive = raw.get("archive")
         if isinstance(archive, dict):
             texts.append(archive.get("spool_dir"))

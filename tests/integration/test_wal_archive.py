@@ -199,6 +199,36 @@ def test_wal_fetch_missing_and_corrupt(archiving, workdir):
     assert not (workdir / "seg").exists()
 
 
+def test_wal_fetch_stays_lean(archiving, workdir):
+    """restore_command runs once per WAL file: with its config cached, wal-fetch restores a
+    file from the local repository (and says "not archived") without a YAML parser,
+    argparse or the config's dataclasses, and without dagster, boto3, pandas or psycopg."""
+    cluster, config = archiving
+    segment = switch_and_wait_archived(cluster)
+    probe = (
+        "import sys\n"
+        "from pg_backup_assets.cli import main\n"
+        f"rc = main(['--config', {str(config)!r}, 'wal-fetch', sys.argv[1], sys.argv[2]])\n"
+        "print(rc, ' '.join(sorted(sys.modules)))\n"
+    )
+    heavy = {"dagster", "boto3", "botocore", "pandas", "psycopg"}
+    parsing = {"yaml", "argparse", "dataclasses", "pg_backup_assets.core.config"}
+    calls = [(segment, "a", "0"), (segment, "b", "0"), ("00000009.history", "c", "1")]
+    for i, (name, dest, want) in enumerate(calls):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, name, str(workdir / dest)], capture_output=True, text=True
+        )
+        rc, modules = proc.stdout.split(" ", 1)
+        assert rc == want, proc.stderr
+        modules = set(modules.split())
+        assert {m.split(".")[0] for m in modules} & heavy == set()
+        if i > 0:  # the first call of this OS user parsed the config and cached it
+            assert modules & parsing == set(), modules & parsing
+    original = (cluster.data / "pg_wal" / segment).read_bytes()
+    assert (workdir / "a").read_bytes() == (workdir / "b").read_bytes() == original
+    assert not (workdir / "c").exists()
+
+
 def test_bad_wal_push_input_is_refused(archiving, workdir):
     _, config = archiving
     stray = workdir / "postgresql.conf"

@@ -61,7 +61,12 @@ def repository(settings: object) -> object:
     from pg_backup_assets.core.storage.repository import Repository
 
     storage = LocalStorage(settings.repository, settings.files, settings.folders, settings.group)
-    return Repository(storage, Codec(recipients=settings.recipients))
+    identity = None
+    if settings.identity_file:
+        from pathlib import Path  # Repository imports it anyway
+
+        identity = Path(settings.identity_file)
+    return Repository(storage, Codec(recipients=settings.recipients), identity)
 
 
 def call(settings: object, cluster: str, path: str) -> int | None:

@@ -3,7 +3,7 @@
 The counterpart of ``decoder``: a base backup in parts is cut from pg_basebackup's stream
 by the backing-up process, and each part is compressed and encrypted here, on a core of
 its own (pyrage holds the GIL while it encrypts). The stored form is the repository's
-``age(zstd(raw))``; the sizes and sha256 sums go to stdout as one JSON line::
+``age(zstd(raw))``; the sizes and the stored bytes' sha256 go to stdout as one JSON line::
 
     python -m pg_backup_assets.core.storage.encoder OUT LEVEL THREADS [RECIPIENT ...]
 
@@ -30,7 +30,8 @@ def main(argv: list[str]) -> int:
             open(sys.stdin.fileno(), "rb", buffering=BUFFER, closefd=False) as src,
             open(out, "wb", buffering=BUFFER) as dst,
         ):
-            enc = encode(src, dst, codec)
+            # No sha256 of the raw tar: the manifest has a checksum of every file in it.
+            enc = encode(src, dst, codec, raw_sha256=False)
     except (PgBackupError, OSError) as exc:
         print(f"encoding {out}: {exc}", file=sys.stderr)
         return 1

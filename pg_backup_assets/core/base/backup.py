@@ -22,7 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pg_backup_assets.core.base.parts import PartEncoder, Splitter, encoder_threads, index
+from pg_backup_assets.core.base.parts import (
+    PartEncoder,
+    Splitter,
+    encoder_threads,
+    index,
+    wide_pipe,
+)
 from pg_backup_assets.core.catalog import CONTROL_FILE, BaseBackup, Part, base_prefix, check_date
 from pg_backup_assets.core.config import BaseBackupLayout, ClusterConfig
 from pg_backup_assets.core.errors import CommandError, PgBackupError
@@ -351,6 +357,7 @@ def _run_bounded(
         )
         reader = None
         if consume is not None:
+            wide_pipe(proc.stdout)
 
             def read() -> None:
                 try:

@@ -88,6 +88,7 @@ def extract_parts(
         stats.bytes_written = sum(size for p in data for _, size, _ in p.files)
     data = sorted(data, key=lambda p: backup.objects[p.name].stored_bytes, reverse=True)
     todo = [p for p in data if members[p.name] is None or members[p.name]]
+    _make_folders(backup, to)
     t0 = time.monotonic()
     log(
         f"extracting {len(todo)} of {len(data)} parts "
@@ -128,6 +129,21 @@ def extract_parts(
         )
     )
     return stats
+
+
+def _make_folders(backup: BaseBackup, to: Path) -> None:
+    """Every folder that holds a member of some part, made before any tar runs. A file's
+    folder may come in another part than the file; tar makes missing parent folders
+    itself, but two tar processes doing that in one tree at once race (seen: "Cannot open:
+    No such file or directory"). The parts' folder entries then find them there, and set
+    their modes and times as tar does."""
+    folders = {
+        os.path.dirname(os.path.normpath(name))
+        for part in backup.parts
+        for name in (*(f[0] for f in part.files), *part.others)
+    }
+    for folder in sorted(folders - {"", "."}):
+        (to / folder).mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _job(

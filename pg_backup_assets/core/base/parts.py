@@ -16,6 +16,7 @@ stream that is compressed cannot be cut at file boundaries without decompressing
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -35,6 +36,14 @@ _END = bytes(2 * BLOCK)  # a tar archive ends with two zero blocks
 _READ = 1 << 20
 # Headers that describe the member after them (pax, GNU long names): kept with it.
 _PREFIX_TYPES = (b"x", b"g", b"L", b"K")
+
+
+def wide_pipe(f: BinaryIO) -> None:
+    """A 1 MiB pipe instead of 64 KiB: fewer switches between the stages of the backup's
+    pipeline (pg_basebackup -> this process -> encoder), as the decoder does for a restore
+    (nothing when the system's pipe-max-size is lower)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, _READ)
 
 
 def part_name(n: int) -> str:
@@ -65,6 +74,7 @@ class PartEncoder:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
         )
+        wide_pipe(self._proc.stdin)
 
     def write(self, data: bytes | memoryview) -> None:
         try:

@@ -57,6 +57,19 @@ def _parser() -> "argparse.ArgumentParser":
     )
     rs.add_argument("--force", action="store_true", help="empty a non-empty --to folder first")
     rs.add_argument(
+        "--delta",
+        action="store_true",
+        help="--to holds an older copy of the same cluster: keep the files that match the "
+        "backup, rewrite the others, remove what the backup lacks",
+    )
+    rs.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="parts extracted at once (default: one per core)",
+    )
+    rs.add_argument(
         "--archive-mode",
         choices=["off", "preserve"],
         default="off",
@@ -121,6 +134,18 @@ def _parser() -> "argparse.ArgumentParser":
     )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _positive(value: str) -> int:
+    import argparse
+
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {value!r}")
+    return n
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:
@@ -325,9 +350,17 @@ def _cmd_restore(args: "argparse.Namespace") -> int:
         source=args.source,
         archive_mode=args.archive_mode,
         s3_env=bool(config.offsite and config.offsite.s3),
+        workers=args.workers,
+        delta=args.delta,
     )
     print(f"restored {result.backup.label} from {repo.describe()} into {result.data_dir}")
     print(f"  fetch + extract   {result.fetch_extract_s:.1f}s")
+    done = result.extracted
+    if args.delta and done is not None:
+        print(
+            f"  delta             {done.files_written:,} files written, {done.files_kept:,} "
+            f"kept, {done.files_removed:,} removed"
+        )
     if result.server:
         print(f"  replay            {result.replay_s:.1f}s")
         print(

@@ -41,6 +41,34 @@ def check_date(date: str) -> str:
 
 
 # -- base backups ------------------------------------------------------------------------------
+CONTROL_FILE = "global/pg_control"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a base backup in parts: a tar archive of its own (its object in
+    ``BaseBackup.objects`` under ``name``), holding whole files of the data directory."""
+
+    name: str
+    files: tuple[tuple[str, int, str], ...]  # each regular file: path, size, manifest checksum
+    others: tuple[str, ...] = ()  # its directories and symbolic links
+
+    @property
+    def control(self) -> bool:
+        """The part with pg_control alone: restored last, so that a data directory whose
+        restore did not finish can never be started."""
+        return any(path == CONTROL_FILE for path, _, _ in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "files": [list(f) for f in self.files], "others": self.others}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Part:
+        return cls(
+            d["name"], tuple((p, s, c) for p, s, c in d["files"]), tuple(d.get("others", ()))
+        )
+
+
 @dataclass(frozen=True)
 class BaseBackup:
     cluster: str
@@ -59,10 +87,14 @@ class BaseBackup:
     architecture: str
     data_checksums: bool
     compression: str
-    objects: dict[str, ObjectRecord]  # "base.tar", "backup_manifest"
+    objects: dict[str, ObjectRecord]  # "backup_manifest" and each part's, or "base.tar"
     tier: str = "daily"
     stored_time: float = 0.0  # when every object was durable in the repository
     data_bytes: int = 0  # the data directory's size (sum of the manifest's files)
+    # The index of a backup in parts (file -> part, size, checksum), in stream order; none
+    # for a backup stored as one stream (the object "base.tar").
+    parts: tuple[Part, ...] = ()
+    checksum_algorithm: str = ""  # of the files' checksums in ``parts`` (the manifest's)
 
     @property
     def records(self) -> list[ObjectRecord]:
@@ -109,6 +141,14 @@ class BaseBackup:
             "stored_time": self.stored_time,
             "data_bytes": self.data_bytes,
             "objects": {k: record_dict(v) for k, v in self.objects.items()},
+            **(
+                {
+                    "parts": [p.to_dict() for p in self.parts],
+                    "checksum_algorithm": self.checksum_algorithm,
+                }
+                if self.parts
+                else {}
+            ),
         }
 
     @classmethod
@@ -134,6 +174,8 @@ class BaseBackup:
             tier=d.get("tier", "daily"),
             stored_time=d.get("stored_time", 0.0),
             data_bytes=d.get("data_bytes", 0),
+            parts=tuple(Part.from_dict(p) for p in d.get("parts", ())),
+            checksum_algorithm=d.get("checksum_algorithm", ""),
         )
 
 

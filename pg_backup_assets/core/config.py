@@ -143,6 +143,19 @@ MAX_PARALLEL = 64
 
 
 @dataclass(frozen=True)
+class BaseBackupLayout:
+    """How a base backup is stored: in parts of about ``part_size_mib`` (compressed here,
+    restored in parallel), or with ``parts`` off as one stream compressed by the server
+    (the layout before parts; restored on one core)."""
+
+    parts: bool = True
+    part_size_mib: int = 128
+
+
+PART_SIZE_MIB = (16, 4096)
+
+
+@dataclass(frozen=True)
 class Archive:
     """How ``wal-push`` archives: in the call (the default), or ``asynchronous``: a
     background pusher started by the first call pushes every segment PostgreSQL has marked
@@ -178,6 +191,7 @@ class Config:
     repository_mode: RepositoryMode = field(default_factory=RepositoryMode)
     rehearsal: Rehearsal = field(default_factory=Rehearsal)
     archive: Archive = field(default_factory=Archive)
+    base_backup: BaseBackupLayout = field(default_factory=BaseBackupLayout)
     scratch_dir: Path | None = None  # where verification extracts; default: the repository's
     source: Path | None = None
 
@@ -239,6 +253,7 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
             "archive",
             "scratch_dir",
             "rehearsal",
+            "base_backup",
         },
     )
     base = source.parent if source else Path.cwd()
@@ -270,6 +285,7 @@ def parse_config(raw: Any, source: Path | None = None, need_dsn_secrets: bool = 
         repository_mode=_repository_mode(top.get("repository_mode") or {}),
         rehearsal=_rehearsal(top.get("rehearsal") or {}, clusters),
         archive=_archive(top.get("archive") or {}, base),
+        base_backup=_base_backup(top.get("base_backup") or {}),
         scratch_dir=_path(top["scratch_dir"], "scratch_dir", base)
         if top.get("scratch_dir")
         else None,
@@ -321,6 +337,24 @@ def _archive(value: Any, base: Path) -> Archive:
         spool_dir=_path(spool, "archive.spool_dir", base) if spool is not None else None,
         parallel=parallel,
     )
+
+
+def _base_backup(value: Any) -> BaseBackupLayout:
+    body = _mapping(value, "base_backup")
+    _only(body, "base_backup", optional={"layout", "part_size_mib"})
+    layout = body.get("layout", "parts")
+    if layout not in ("parts", "single"):
+        raise ConfigError(
+            f"config key 'base_backup.layout': expected parts or single, got {layout!r}"
+        )
+    size = body.get("part_size_mib", BaseBackupLayout.part_size_mib)
+    low, high = PART_SIZE_MIB
+    if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
+        raise ConfigError(
+            f"config key 'base_backup.part_size_mib': expected a whole number of MiB from "
+            f"{low} to {high}, got {size!r}"
+        )
+    return BaseBackupLayout(parts=layout == "parts", part_size_mib=size)
 
 
 def _mode(value: Any, key: str, allowed: int) -> int:

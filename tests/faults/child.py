@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from pathlib import Path
 
 from pg_backup_assets.core.base.backup import take_base_backup
 from pg_backup_assets.core.catalog import find_base_backup
@@ -18,7 +21,17 @@ def main(op: str, config_path: str, *args: str) -> None:
     repo = Repository.from_config(config)
     cluster = config.cluster(None)
     day = args[0] if args else "2026-11-26"
-    if op == "base_backup":
+    if op == "restore_killed":  # args: DIR N/M; the process group is killed after part N/M
+        from pg_backup_assets.core.base.restore import Target, restore
+
+        def log(line: str) -> None:
+            if line.startswith(f"part {args[1]} "):
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+        restore(
+            repo, cluster, Path(config_path), Path(args[0]), Target("latest"), log=log, workers=1
+        )
+    elif op == "base_backup":
         take_base_backup(repo, cluster, day, log=lambda m: None)
     elif op == "dump":
         take_dump_set(repo, cluster, day, log=lambda m: None)

@@ -142,17 +142,15 @@ def test_a_tar_member_escaping_the_target_is_refused(archiving, workdir):
             info.size = len(data)
             t.addfile(info, io.BytesIO(data))
     stored = zstandard.ZstdCompressor().compress(raw.getvalue())
-    record = backup.objects["base.tar"]
+    part = backup.parts[0].name  # one of its parts
+    record = backup.objects[part]
     (repo.root / record.key).write_bytes(stored)
     doc = json.loads((repo.root / backup.catalog_key).read_text())
-    doc["objects"]["base.tar"].update(
+    doc["objects"][part].update(
         stored_bytes=len(stored), sha256=hashlib.sha256(stored).hexdigest(), raw_bytes=len(stored)
     )
     (repo.root / backup.catalog_key).write_text(json.dumps(doc))
-    assert (
-        list_base_backups(repo, "main")[0].objects["base.tar"].sha256
-        == doc["objects"]["base.tar"]["sha256"]
-    )
+    assert list_base_backups(repo, "main")[0].objects[part].sha256 == doc["objects"][part]["sha256"]
 
     to = workdir / "deep" / "restored"
     line = fails("restore", "--to", str(to), config=config)

@@ -185,7 +185,7 @@ def test_a_tampered_offsite_object_fails_naming_it(archiving, workdir):
     cluster, config = archiving
     cfg, repo, _ = backed_up(cluster, config, workdir)
     backup = find_base_backup(repo, "main", TODAY.isoformat())
-    key = backup.objects["base.tar"].key
+    key = backup.objects[backup.parts[0].name].key  # one part of several
     path = workdir / "offsite" / key
     data = bytearray(path.read_bytes())
     data[len(data) // 3] ^= 0x5A

@@ -206,7 +206,10 @@ def test_base_backup_catalog_entry(scenario):
     assert backup.start_lsn < backup.stop_lsn and backup.timeline == 1
     assert backup.pg_major == 15 and backup.data_checksums
     assert backup.architecture == __import__("platform").machine()
-    assert set(backup.objects) == {"base.tar", "backup_manifest"}
+    # In parts (pg_control in one of its own), each an object, and the manifest.
+    assert set(backup.objects) == {p.name for p in backup.parts} | {"backup_manifest"}
+    [control] = [p for p in backup.parts if p.control]
+    assert [f[0] for f in control.files] == ["global/pg_control"]
     assert all(o.encrypted for o in backup.objects.values())
     doc = pgbackup("info", "--json", config=scenario.config)
     import json
@@ -292,7 +295,9 @@ def test_missing_wal_segment_is_named_not_silently_skipped(scenario):
 
 def test_corrupted_base_backup_is_caught_by_the_check_and_by_restore(scenario, tmp_path):
     [backup] = list_base_backups(scenario.repo, "main")
-    path = scenario.workdir / "repo" / backup.objects["base.tar"].key
+    part = max(backup.parts, key=lambda p: backup.objects[p.name].stored_bytes)
+    key = backup.objects[part.name].key
+    path = scenario.workdir / "repo" / key
     original = path.read_bytes()
     damaged = bytearray(original)
     damaged[len(damaged) // 2] ^= 0x01
@@ -308,8 +313,10 @@ def test_corrupted_base_backup_is_caught_by_the_check_and_by_restore(scenario, t
             raise_on_error=False,
         )
         [evaluation] = result.get_asset_check_evaluations()
-        assert not evaluation.passed and "damaged" in evaluation.description
-        with pytest.raises(PgBackupError, match="damaged"):
+        assert not evaluation.passed and f"{key} " in evaluation.description
+        assert "damaged" in evaluation.description
+        # The damaged part is named; pg_control is never written, nothing can start.
+        with pytest.raises(PgBackupError, match=f"{key} .*damaged.*nothing was restored"):
             restore(
                 scenario.repo,
                 scenario.cluster,

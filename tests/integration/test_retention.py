@@ -65,7 +65,7 @@ def ten_days(archiving, s3_endpoint):  # noqa: ANN201
     # Offsite, the objects carry their tier as S3 tags (lifecycle rules can read them).
     weekly = next(b for b in list_base_backups(repo, "main") if b.date == "2026-11-21")
     tags = s3_client(s3_endpoint, "us-east-1").get_object_tagging(
-        Bucket=bucket, Key=weekly.objects["base.tar"].key
+        Bucket=bucket, Key=weekly.objects[weekly.parts[0].name].key
     )["TagSet"]
     assert tags == [{"Key": "pgbackup-weekly", "Value": "2026-11-15"}]
     return cluster, config, cfg, repo, offsite, bucket

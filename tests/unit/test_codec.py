@@ -49,6 +49,14 @@ def test_plain_roundtrip():
     assert enc.stored_bytes < enc.raw_bytes / 2  # it did compress
 
 
+def test_encoding_without_the_raw_sha256_stores_the_same_bytes():
+    with_raw, without = io.BytesIO(), io.BytesIO()
+    a = encode(io.BytesIO(DATA), with_raw, Codec())
+    b = encode(io.BytesIO(DATA), without, Codec(), raw_sha256=False)
+    assert with_raw.getvalue() == without.getvalue()
+    assert (b.sha256, b.raw_bytes, b.raw_sha256) == (a.sha256, a.raw_bytes, "")
+
+
 def test_encrypted_roundtrip(keypair):
     path, recipient = keypair
     enc, stored, out, _ = roundtrip(Codec(recipients=(recipient,)), load_identities(path))

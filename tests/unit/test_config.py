@@ -118,10 +118,34 @@ def test_missing_key_is_named(text, named):
             "offsite",
         ),
         ("repository: [1]\nclusters: {main: {dsn: x}}\n", "repository"),
+        (
+            "repository: r\nclusters: {main: {dsn: x}}\nbase_backup: {layout: zip}\n",
+            "base_backup.layout",
+        ),
+        (
+            "repository: r\nclusters: {main: {dsn: x}}\nbase_backup: {part_size_mib: 8}\n",
+            "base_backup.part_size_mib",
+        ),
+        (
+            "repository: r\nclusters: {main: {dsn: x}}\nbase_backup: {part_size_mib: big}\n",
+            "base_backup.part_size_mib",
+        ),
     ],
 )
 def test_bad_value_is_named(text, named):
     assert f"'{named}'" in error_of(text)
+
+
+def test_base_backup_layout():
+    default = parse("repository: r\nclusters: {main: {dsn: x}}\n").base_backup
+    assert default.parts and default.part_size_mib == 128
+    single = parse(
+        "repository: r\nclusters: {main: {dsn: x}}\nbase_backup: {layout: single}\n"
+    ).base_backup
+    assert not single.parts
+    assert "'base_backup.size'" in error_of(
+        "repository: r\nclusters: {main: {dsn: x}}\nbase_backup: {size: 1}\n"
+    )
 
 
 def test_env_expansion(monkeypatch):

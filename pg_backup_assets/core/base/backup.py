@@ -1,5 +1,6 @@
-"""Physical base backups: ``pg_basebackup`` in tar format, server-side zstd, plus the
-``backup_manifest``, encrypted and checksummed into the repository.
+"""Physical base backups: ``pg_basebackup`` in tar format, stored in parts (see parts.py)
+or as one server-zstd stream, plus the ``backup_manifest``, encrypted and checksummed into
+the repository.
 
 A backup lives under ``<cluster>/base/<day>/<label>/``; its ``catalog.json`` is written
 last, so a backup that did not finish is never visible as one.
@@ -8,6 +9,8 @@ last, so a backup that did not finish is never visible as one.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import io
 import json
 import os
 import re
@@ -19,8 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pg_backup_assets.core.catalog import BaseBackup, base_prefix, check_date
-from pg_backup_assets.core.config import ClusterConfig
+from pg_backup_assets.core.base.parts import (
+    PartEncoder,
+    Splitter,
+    encoder_threads,
+    index,
+    wide_pipe,
+)
+from pg_backup_assets.core.catalog import CONTROL_FILE, BaseBackup, Part, base_prefix, check_date
+from pg_backup_assets.core.config import BaseBackupLayout, ClusterConfig
 from pg_backup_assets.core.errors import CommandError, PgBackupError
 from pg_backup_assets.core.postgres.client import (
     connect,
@@ -63,8 +73,10 @@ def take_base_backup(
     log: Log = print,
     archive_wait_s: int = 600,
     lock_wait_s: float = 6 * 3600,
+    layout: BaseBackupLayout | None = None,
 ) -> BaseBackup:
-    """pg_basebackup of ``cluster`` (fast checkpoint, tar, server-side zstd) for ``date``.
+    """pg_basebackup of ``cluster`` (fast checkpoint, tar) for ``date``: in parts, each
+    compressed here (zstd), or with ``layout.parts`` off as one server-zstd stream.
 
     One base backup of a cluster at a time: a second one waits up to ``lock_wait_s`` for
     the first. ``archive_wait_s``: how long pg_basebackup may wait at its end for the
@@ -74,11 +86,16 @@ def take_base_backup(
     check_date(date)
     with repo.lock(cluster.name, "base_backup", lock_wait_s, log):
         repo.sweep_unfinished_sets(base_prefix(cluster.name), log)
-        return _take_base_backup(repo, cluster, date, log, archive_wait_s)
+        return _take_base_backup(repo, cluster, date, log, archive_wait_s, layout)
 
 
 def _take_base_backup(
-    repo: Repository, cluster: ClusterConfig, date: str, log: Log, archive_wait_s: int
+    repo: Repository,
+    cluster: ClusterConfig,
+    date: str,
+    log: Log,
+    archive_wait_s: int,
+    layout: BaseBackupLayout | None,
 ) -> BaseBackup:
     facts = server_facts(cluster.dsn)
     details = _server_details(cluster.dsn)
@@ -92,83 +109,134 @@ def _take_base_backup(
     stamp = dt.datetime.fromtimestamp(start, dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     label = f"pgbackup-{cluster.name}-{stamp}"
     prefix = f"{base_prefix(cluster.name)}{date}/{label}"
-    # zstd on the server, in parallel where the server's libzstd allows it; its output
-    # goes to a staging folder (a compressed tar cannot carry the manifest on stdout).
-    compression = "server-zstd:level=3,workers=2"
     # The application name finds this backup's walsender in pg_stat_activity.
     conninfo, env = split_dsn(cluster.dsn, application_name=label)
-    with repo.staging() as staging:
-        out = staging / "backup"
-        args = [
-            tool("pg_basebackup", facts.major),
-            "-D",
-            str(out),
-            "-Ft",
-            "-X",
-            "none",
-            "-c",
-            "fast",
-            f"--compress={compression}",
-            "-l",
-            label,
-            "--no-password",
-            "-d",
-            conninfo,
-        ]
+    layout = layout or BaseBackupLayout()
+    with repo.staging() as staging, repo.new_set(prefix) as writer:
         log(f"pg_basebackup of {cluster.name} ({redact_dsn(cluster.dsn)}) as {label}")
-        tar = out / "base.tar.zst"
-        objects = {}
-        with repo.new_set(prefix) as writer:
-            if repo.codec.encrypted:
-                # Encrypted while pg_basebackup writes it, not in a second pass afterwards;
-                # its file is only a scratch copy then (the object we store is fsynced).
-                objects["base.tar"] = _store_while_written(
-                    writer,
-                    tar,
-                    lambda: _run_bounded(
-                        [*args, "--no-sync"], env, out, log, cluster.dsn, label, archive_wait_s
-                    ),
-                )
-            else:  # moved into the repository as pg_basebackup wrote (and fsynced) it
-                _run_bounded(args, env, out, log, cluster.dsn, label, archive_wait_s)
-                objects["base.tar"] = writer.put_file("base.tar", tar, precompressed=True)
-            manifest = json.loads((out / "backup_manifest").read_text())
-            ranges = manifest["WAL-Ranges"]
-            stop = time.time()
-            next_xid = _next_xid(cluster.dsn)
-            unexpected = sorted(set(os.listdir(out)) - {"base.tar.zst", "backup_manifest"})
-            if unexpected:
-                raise PgBackupError(
-                    f"pg_basebackup wrote unexpected files: {', '.join(unexpected)}"
-                )
-            objects["backup_manifest"] = writer.put_file("backup_manifest", out / "backup_manifest")
-            backup = BaseBackup(
-                cluster=cluster.name,
-                date=date,
-                label=label,
-                catalog_key=f"{prefix}/catalog.json",
-                start_lsn=parse_lsn(ranges[0]["Start-LSN"]),
-                stop_lsn=parse_lsn(ranges[-1]["End-LSN"]),
-                timeline=ranges[-1]["Timeline"],
-                start_time=start,
-                stop_time=stop,
-                next_xid=next_xid,
-                pg_major=facts.major,
-                pg_version=facts.version,
-                system_identifier=facts.system_identifier,
-                architecture=details["architecture"],
-                data_checksums=details["data_checksums"],
-                compression="zstd level 3 (server)",
-                objects=objects,
-                stored_time=time.time(),
-                data_bytes=sum(f["Size"] for f in manifest["Files"]),
+        pgbb = [tool("pg_basebackup", facts.major), "-Ft", "-X", "none", "-c", "fast"]
+        login = ["-l", label, "--no-password", "-d", conninfo]
+        run = functools.partial(
+            _run_bounded,
+            env=env,
+            log=log,
+            dsn=cluster.dsn,
+            label=label,
+            archive_wait_s=archive_wait_s,
+        )
+        if layout.parts:
+            objects, parts, checksums, manifest_bytes = _store_parts(
+                repo, writer, staging, [*pgbb, "-D", "-", *login], run, layout, log
             )
-            writer.commit(backup.to_dict())
+            compression = (
+                f"zstd level {repo.codec.level} (client), {len(parts)} parts of "
+                f"{layout.part_size_mib} MiB"
+            )
+        else:
+            objects, manifest_bytes = _store_single(repo, writer, staging, pgbb, login, run)
+            parts, checksums, compression = (), "", "zstd level 3 (server)"
+        manifest = json.loads(manifest_bytes)
+        ranges = manifest["WAL-Ranges"]
+        stop = time.time()
+        next_xid = _next_xid(cluster.dsn)
+        objects["backup_manifest"] = writer.put_stream(
+            "backup_manifest", io.BytesIO(manifest_bytes)
+        )
+        backup = BaseBackup(
+            cluster=cluster.name,
+            date=date,
+            label=label,
+            catalog_key=f"{prefix}/catalog.json",
+            start_lsn=parse_lsn(ranges[0]["Start-LSN"]),
+            stop_lsn=parse_lsn(ranges[-1]["End-LSN"]),
+            timeline=ranges[-1]["Timeline"],
+            start_time=start,
+            stop_time=stop,
+            next_xid=next_xid,
+            pg_major=facts.major,
+            pg_version=facts.version,
+            system_identifier=facts.system_identifier,
+            architecture=details["architecture"],
+            data_checksums=details["data_checksums"],
+            compression=compression,
+            objects=objects,
+            stored_time=time.time(),
+            data_bytes=sum(f["Size"] for f in manifest["Files"]),
+            parts=parts,
+            checksum_algorithm=checksums if parts else "",
+        )
+        writer.commit(backup.to_dict())
     log(
         f"base backup {label}: {backup.size_bytes:,} bytes stored in {backup.duration_s:.1f}s, "
         f"LSN {format_lsn(backup.start_lsn)}..{format_lsn(backup.stop_lsn)}"
     )
     return backup
+
+
+def _store_parts(
+    repo: Repository,
+    writer: Any,
+    staging: Path,
+    args: list[str],
+    run: Callable[..., None],
+    layout: BaseBackupLayout,
+    log: Log,
+) -> tuple[dict[str, ObjectRecord], tuple[Part, ...], str, bytes]:
+    """pg_basebackup's plain tar stream cut into parts, each encoded by a process of its
+    own and stored; (objects, the index, its checksum algorithm, the manifest)."""
+    threads = encoder_threads()
+    splitter = Splitter(
+        lambda name: PartEncoder(name, staging, repo.codec, threads), layout.part_size_mib << 20
+    )
+    try:
+        run(args, measure=lambda: splitter.bytes_read, consume=splitter.split)
+        if splitter.manifest is None:
+            raise PgBackupError("pg_basebackup's stream held no backup_manifest")
+        if splitter.control is None:
+            raise PgBackupError(f"pg_basebackup's stream held no {CONTROL_FILE}")
+        encoders = splitter.encoders()
+        objects = {e.name: writer.put_encoded(e.name, e.path, e.result()) for e in encoders}
+    except BaseException:
+        for e in splitter.encoders():
+            e.kill()
+        raise
+    parts, checksums = index(encoders, json.loads(splitter.manifest))
+    log(f"stored {len(parts)} parts ({splitter.bytes_read / 2**20:,.0f} MiB of tar)")
+    return objects, parts, checksums, splitter.manifest
+
+
+def _store_single(
+    repo: Repository,
+    writer: Any,
+    staging: Path,
+    pgbb: list[str],
+    login: list[str],
+    run: Callable[..., None],
+) -> tuple[dict[str, ObjectRecord], bytes]:
+    """The layout before parts: one server-zstd tar stream, the object ``base.tar``."""
+    out = staging / "backup"
+    # zstd on the server, in parallel where the server's libzstd allows it; its output
+    # goes to a staging folder (a compressed tar cannot carry the manifest on stdout).
+    args = [*pgbb, "-D", str(out), "--compress=server-zstd:level=3,workers=2", *login]
+    tar = out / "base.tar.zst"
+
+    def sizes() -> int:
+        return sum(p.stat().st_size for p in out.glob("*")) if out.exists() else 0
+
+    objects = {}
+    if repo.codec.encrypted:
+        # Encrypted while pg_basebackup writes it, not in a second pass afterwards;
+        # its file is only a scratch copy then (the object we store is fsynced).
+        objects["base.tar"] = _store_while_written(
+            writer, tar, lambda: run([*args, "--no-sync"], measure=sizes)
+        )
+    else:  # moved into the repository as pg_basebackup wrote (and fsynced) it
+        run(args, measure=sizes)
+        objects["base.tar"] = writer.put_file("base.tar", tar, precompressed=True)
+    unexpected = sorted(set(os.listdir(out)) - {"base.tar.zst", "backup_manifest"})
+    if unexpected:
+        raise PgBackupError(f"pg_basebackup wrote unexpected files: {', '.join(unexpected)}")
+    return objects, (out / "backup_manifest").read_bytes()
 
 
 def _store_while_written(writer: Any, path: Path, produce: Callable[[], None]) -> ObjectRecord:
@@ -266,42 +334,77 @@ _WAITING_FOR_ARCHIVE = "waiting for wal archiving to finish"  # pg_stat_progress
 def _run_bounded(
     args: list[str],
     env: dict[str, str],
-    out: Path,
+    measure: Callable[[], int],
     log: Log,
     dsn: str,
     label: str,
     archive_wait_s: float,
+    consume: Callable[[BinaryIO], None] | None = None,
 ) -> None:
-    """Run pg_basebackup with progress lines; stop it if the server's archiving keeps it
-    waiting longer than ``archive_wait_s``, and say what pg_stat_archiver knows."""
-    progress = ProgressLog(log, "pg_basebackup, compressed")
+    """Run pg_basebackup with progress lines (``measure``: bytes so far); stop it if the
+    server's archiving keeps it waiting longer than ``archive_wait_s``, and say what
+    pg_stat_archiver knows. ``consume``: reads its stdout, on a thread of its own."""
+    progress = ProgressLog(log, "pg_basebackup" if consume else "pg_basebackup, compressed")
     waiting_since: float | None = None
     started = time.monotonic()
+    outcome: dict[str, BaseException] = {}
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, stderr=err, env={**os.environ, **env})
-        while True:
-            try:
-                proc.wait(timeout=2)
-                break
-            except subprocess.TimeoutExpired:
-                progress(sum(p.stat().st_size for p in out.glob("*")) if out.exists() else 0)
-            if _phase(dsn, label) != _WAITING_FOR_ARCHIVE:
-                waiting_since = None
-                continue
-            waiting_since = waiting_since or time.monotonic()
-            if time.monotonic() - waiting_since > archive_wait_s:
-                proc.terminate()
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE if consume else None,
+            stderr=err,
+            env={**os.environ, **env},
+        )
+        reader = None
+        if consume is not None:
+            wide_pipe(proc.stdout)
+
+            def read() -> None:
+                try:
+                    consume(proc.stdout)
+                except BaseException as exc:  # handed to the caller's thread
+                    outcome["error"] = exc
+                    try:  # pg_basebackup's own failure ends its stream too: it says why
+                        proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:  # nobody reads its stream any more
+                        outcome["stopped"] = exc
+                        proc.kill()
+
+            reader = threading.Thread(target=read, name="pg_basebackup stream")
+            reader.start()
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=2)
+                    break
+                except subprocess.TimeoutExpired:
+                    progress(measure())
+                if _phase(dsn, label) != _WAITING_FOR_ARCHIVE:
+                    waiting_since = None
+                    continue
+                waiting_since = waiting_since or time.monotonic()
+                if time.monotonic() - waiting_since > archive_wait_s:
+                    proc.terminate()
+                    proc.wait()
+                    raise CommandError(
+                        f"pg_basebackup waited {archive_wait_s:.0f}s "
+                        "(timeouts.archive_wait_seconds) for the server to archive its last "
+                        f"WAL segment and was stopped: {_archiver_state(dsn)}. Fix "
+                        "archive_command (the server log says why it fails), then back up again"
+                    )
+        finally:
+            if proc.poll() is None:
+                proc.kill()
                 proc.wait()
-                raise CommandError(
-                    f"pg_basebackup waited {archive_wait_s:.0f}s (timeouts.archive_wait_seconds) "
-                    f"for the server to archive its last WAL segment and was stopped: "
-                    f"{_archiver_state(dsn)}. Fix archive_command (the server log says why "
-                    "it fails), then back up again"
-                )
-        if proc.returncode != 0:
+            if reader is not None:
+                reader.join()
+                proc.stdout.close()
+        if proc.returncode != 0 and "stopped" not in outcome:
             err.seek(0)
             msg = err.read().decode(errors="replace").strip()
             raise CommandError(f"pg_basebackup failed (exit {proc.returncode}): {msg[-2000:]}")
+        if "error" in outcome:
+            raise outcome["error"]
     log(f"{PGBB_DONE} in {time.monotonic() - started:.1f}s")
 
 

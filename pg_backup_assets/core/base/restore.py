@@ -10,18 +10,25 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
-import pyrage
 
+from pg_backup_assets.core.base.extract import (
+    ExtractStats,
+    check_stored,
+    extract_local,
+    extract_parts,
+    pipe_into_tar,
+    tar_failed,
+)
+from pg_backup_assets.core.base.extract import empty_folder as _empty
 from pg_backup_assets.core.catalog import BaseBackup, find_restore_point, list_base_backups
 from pg_backup_assets.core.config import ClusterConfig
-from pg_backup_assets.core.errors import CommandError, IntegrityError, NotFoundError, PgBackupError
+from pg_backup_assets.core.errors import CommandError, NotFoundError, PgBackupError
 from pg_backup_assets.core.postgres.client import bindir, dsn_at
 from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over, hand_over_tree
 from pg_backup_assets.core.progress import Log, ProgressLog
@@ -145,6 +152,7 @@ class RestoreResult:
     wal_wanted: int = 0
     wal_fetched_ahead: int = 0
     wal_taken_ahead: int = 0  # of those, how many replay took from the spool
+    extracted: ExtractStats | None = None  # files written (kept and removed: --delta)
 
     @property
     def rto_s(self) -> float:
@@ -175,6 +183,8 @@ def restore(
     source: str = "local",
     archive_mode: str = "off",
     s3_env: bool = False,
+    workers: int | None = None,
+    delta: bool = False,
 ) -> RestoreResult:
     """Restore from ``repo`` (the local repository, or the offsite one: ``source``).
 
@@ -182,15 +192,17 @@ def restore(
     (a scratch or inspection copy must not push a new timeline into the source's
     repository); ``preserve``, it keeps the source's archive settings (a copy that is to
     replace the source archives its new timeline there). ``s3_env``: the restored server's
-    restore_command may read S3, so it gets this process's AWS credentials.
-    Everything is checked before anything in ``to`` is touched.
+    restore_command may read S3, so it gets this process's AWS credentials. ``workers``:
+    parts extracted at once (default: one per core). ``delta``: ``to`` holds an older copy
+    of the same cluster; only what differs from the backup is written (pgBackRest's
+    meaning). Everything is checked before anything in ``to`` is touched.
     """
     if archive_mode not in ARCHIVE_MODES:
         raise PgBackupError(
             f"--archive-mode {archive_mode!r}: expected one of {', '.join(ARCHIVE_MODES)}"
         )
     to = to.resolve()
-    _check_target_dir(to, force)
+    _check_target_dir(to, force or delta)
     _check_target_time(target)
     backups = list_base_backups(repo, cluster.name)
     point_lsn = None
@@ -215,10 +227,10 @@ def restore(
     )
 
     t0 = time.monotonic()
-    if force and to.exists():
+    if force and to.exists() and not delta:
         _empty(to)
     to.mkdir(parents=True, exist_ok=True)
-    extract_backup(repo, backup, to, log)
+    extracted = extract_backup(repo, backup, to, log, workers, delta)
     with open(to / "backup_manifest", "wb") as f:
         repo.read_into(backup.objects["backup_manifest"], f)
     fetch_extract_s = time.monotonic() - t0
@@ -255,6 +267,7 @@ def restore(
             archive_mode,
             s3_env,
         )
+    result.extracted = extracted
     if prefetch is not None:
         result.wal_taken_ahead = prefetch.taken
     return result
@@ -299,7 +312,12 @@ def _finish(  # noqa: PLR0913 - the rest of restore(), with the prefetcher runni
     # What tar wrote sits in the page cache: make it durable before saying "restored".
     subprocess.run(["sync", "-f", str(to)], check=False)
     result = RestoreResult(
-        backup, target, to, fetch_extract_s, cluster_dsn=cluster.dsn, started_at=t0
+        backup,
+        target,
+        to,
+        fetch_extract_s,
+        cluster_dsn=cluster.dsn,
+        started_at=t0,
     )
     result.phases["fetch_extract_s"] = fetch_extract_s
     log(f"extracted in {fetch_extract_s:.1f}s; recovery settings written to postgresql.auto.conf")
@@ -434,12 +452,28 @@ def _check_wal(
     return listing
 
 
-def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> None:
+def extract_backup(
+    repo: Repository,
+    backup: BaseBackup,
+    to: Path,
+    log: Log,
+    workers: int | None = None,
+    delta: bool = False,
+) -> ExtractStats:
     """Decrypt and untar a base backup into ``to``; tar decompresses (stored: age(zstd(tar))).
 
-    The stored bytes are hashed while tar extracts them. If they do not match the catalog,
+    A backup in parts is extracted by ``workers`` at once (see extract.py), with ``delta``
+    into an older copy of the same cluster. A backup in one stream (``base.tar``): its
+    stored bytes are hashed while tar extracts them; if they do not match the catalog,
     whatever tar wrote is removed again and the restore fails.
     """
+    if backup.parts:
+        return extract_parts(repo, backup, to, log, workers, delta)
+    if delta:
+        raise PgBackupError(
+            f"--delta: backup {backup.label} is one stream (base.tar), without the index of "
+            "files a delta restore compares: restore it with --force instead"
+        )
     require_tar_zstd()
     record = backup.objects["base.tar"]
     identities = repo.identities() if record.encrypted else None  # fail before tar starts
@@ -451,101 +485,24 @@ def extract_backup(repo: Repository, backup: BaseBackup, to: Path, log: Log) -> 
             # when it is encrypted), and this process hashes it meanwhile.
             path = local_path(record.key)
             log(f"extracting {record.stored_bytes / 2**20:.0f} MiB (compressed) with tar")
-            rc, failure, stored = _extract_local(path, repo.identity_file, tar, err)
+            rc, failure, stored = extract_local(path, repo.identity_file, tar, err)
         else:
             with repo.storage.open(record.key) as f:
                 progress = ProgressLog(log, "extracting", record.stored_bytes, every_s=5)
                 stored = HashingReader(f, progress)
-                rc, failure = _pipe_into_tar(stored, identities, [*tar, "-", "--zstd"], err, record)
-        if stored.hash.hexdigest() != record.sha256 or stored.count != record.stored_bytes:
+                rc, failure = pipe_into_tar(stored, identities, [*tar, "-", "--zstd"], err, record)
+        try:
+            check_stored(repo, record, stored)
+            if failure:
+                raise PgBackupError(failure)
+            tar_failed(rc, err, f"extracting {backup.label} into {to}")
+        except CommandError:
             _empty(to)
-            raise IntegrityError(
-                f"{record.key} in {repo.describe()} is damaged: sha256 "
-                f"{stored.hash.hexdigest()} does not match the catalog's {record.sha256}; "
-                f"nothing was restored into {to}"
-            )
-        if failure:
+            raise
+        except PgBackupError as exc:
             _empty(to)
-            raise PgBackupError(f"{failure}; nothing was restored into {to}")
-        err.seek(0)
-        said = err.read().decode(errors="replace").strip()
-        # tar refuses members that would land outside the folder ("..") and fails; it
-        # extracts absolute names inside it, saying so. A backup made by pg_basebackup has
-        # neither: either way, what was extracted is no restore.
-        if rc != 0 or "Removing leading" in said:
-            _empty(to)
-            raise CommandError(
-                f"extracting {backup.label} into {to} failed, and what was extracted is "
-                f"removed: {'; '.join(said.splitlines())[-1000:]}"
-            )
-
-
-def _extract_local(path: Path, identity_file: Path | None, tar: list[str], err):  # noqa: ANN001, ANN202
-    """Extract a local object with tar (decoded by ``decoder`` in a process of its own when
-    ``identity_file`` is given) while this process hashes it; (tar's status, a failure of
-    the decoding or None, the HashingReader that read the object)."""
-    if identity_file is None:
-        proc, decoder = subprocess.Popen([*tar, str(path), "--zstd"], stderr=err), None
-    else:
-        decoder = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pg_backup_assets.core.storage.decoder",
-                str(identity_file),
-                str(path),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        proc = subprocess.Popen([*tar, "-"], stdin=decoder.stdout, stderr=err)
-        decoder.stdout.close()  # tar's now: it sees the end when the decoding ends
-    try:
-        with open(path, "rb") as f:
-            stored = HashingReader(f)
-            while stored.read(1 << 20):
-                pass
-    finally:
-        rc = proc.wait()
-        said = decoder.communicate()[1] if decoder else b""
-    failure = None
-    if decoder is not None and decoder.returncode != 0:
-        failure = said.decode(errors="replace").strip() or f"exit {decoder.returncode}"
-    return rc, failure, stored
-
-
-def _pipe_into_tar(stored, identities, args, err, record):  # noqa: ANN001, ANN202
-    """Stream (and decrypt) the stored bytes into tar's stdin; (tar's status, failure)."""
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=err)
-    sink = proc.stdin
-    failure = None
-    try:
-        # A broken pipe means tar stopped: its exit status and stderr say why.
-        with contextlib.suppress(BrokenPipeError):
-            if identities is not None:
-                try:
-                    pyrage.decrypt_io(stored, sink, identities)
-                except (pyrage.DecryptError, OSError) as exc:
-                    failure = f"cannot decrypt {record.key}: {exc}"
-            else:
-                while chunk := stored.read(1 << 20):
-                    sink.write(chunk)
-    finally:
-        # Whatever happened, tar must see the end of its input, or wait() never returns.
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-        rc = proc.wait()
-    while stored.read(1 << 20):  # the rest, if tar or age stopped early
-        pass
-    return rc, failure
-
-
-def _empty(folder: Path) -> None:
-    for child in folder.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+            raise type(exc)(f"{exc}; nothing was restored into {to}") from None
+    return ExtractStats(parts=1, parts_read=1, bytes_written=backup.raw_bytes)
 
 
 _STOP_RE = re.compile(r"LOG:\s+(recovery stopping .*)")

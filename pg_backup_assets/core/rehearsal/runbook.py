@@ -28,6 +28,13 @@ class _Store:
             return f'{self.aws} cp "{self.root}/{path}" -'
         return f'cat "{self.root}/{path}"'
 
+    def parts(self, folder: str, suffix: str) -> str:
+        """Shell: the names of a backup's data parts in ``folder`` (under the cluster)."""
+        if self.aws:
+            listing = f'{self.aws} ls "{self.root}/{folder}/"'
+            return f"$({listing} | awk '{{print $4}}' | grep '^part-.*\\.tar{suffix}$')"
+        return f'$(cd "{self.root}/{folder}" && ls -1 part-*.tar{suffix})'
+
     def newest_backup(self) -> str:
         if self.aws:
             listing = f"{self.aws} ls {self.root}/base/ --recursive"
@@ -142,8 +149,11 @@ def render_runbook(config: Config, cluster: str, report: object | None = None) -
         "```sh",
         f"{store.newest_backup()}   # the newest backup: base/DAY/LABEL",
         f"mkdir -m 700 {to}",
-        f"{store.get(f'base/DAY/LABEL/base.tar{suffix}')} | {_decrypt(config)}zstd -d \\",
-        f"    | tar -x -C {to}",
+        "# Each part is a tar of its own; pg_control's part goes last (a folder without it",
+        "# never starts). A backup from before parts has one base.tar instead.",
+        f"for part in {store.parts('base/DAY/LABEL', suffix)} pg_control.tar{suffix}; do",
+        f"  {store.get('base/DAY/LABEL/$part')} | {_decrypt(config)}zstd -d | tar -x -C {to}",
+        "done",
         f"{store.get(f'base/DAY/LABEL/backup_manifest{suffix}')} | {_decrypt(config)}zstd -d \\",
         f"    > {to}/backup_manifest",
         "install -m 755 fetch-wal.sh /usr/local/bin/fetch-wal.sh   # below",

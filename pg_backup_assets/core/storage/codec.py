@@ -86,15 +86,22 @@ class BackgroundSha256:
 
 
 class HashingReader:
-    def __init__(self, raw: BinaryIO, progress: Progress | None = None, background: bool = False):
+    def __init__(
+        self,
+        raw: BinaryIO,
+        progress: Progress | None = None,
+        background: bool = False,
+        hashing: bool = True,
+    ):
         self._raw = raw
         self._progress = progress
-        self.hash = BackgroundSha256() if background else hashlib.sha256()
+        self.hash = None if not hashing else BackgroundSha256() if background else hashlib.sha256()
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._raw.read(CHUNK if n is None or n < 0 else n)
-        self.hash.update(data)
+        if self.hash is not None:
+            self.hash.update(data)
         self.count += len(data)
         if self._progress and data:
             self._progress(self.count)
@@ -187,6 +194,7 @@ def encode(
     progress: Progress | None = None,
     precompressed: bool = False,
     stored_sha256: bool = True,
+    raw_sha256: bool = True,
 ) -> Encoded:
     """Compress (and encrypt) ``src`` into ``dst``; return sizes and checksums.
 
@@ -194,8 +202,10 @@ def encode(
     only encrypted, and the stored form is the same ``age(zstd(raw))``. Its "raw" size and
     sha256 are then those of the zstd stream. ``stored_sha256=False``: the caller needs no
     sha256 of the stored bytes (WAL objects are named after the raw one), so none is made.
+    ``raw_sha256=False``: nor of the raw bytes (a base backup's part: the manifest has a
+    checksum of every file in it); its ``raw_sha256`` is then "".
     """
-    raw = HashingReader(src, progress, background=True)
+    raw = HashingReader(src, progress, background=True, hashing=raw_sha256)
     out = _HashingWriter(dst, background=True, hashing=stored_sha256)
     try:
         with contextlib.ExitStack() as stack:
@@ -220,9 +230,11 @@ def encode(
                 _copy(compressed, out)
         out.flush()
         stored = out.hash.hexdigest() if out.hash is not None else None
-        return Encoded(raw.count, out.count, stored, raw.hash.hexdigest())
+        raw_digest = raw.hash.hexdigest() if raw.hash is not None else ""
+        return Encoded(raw.count, out.count, stored, raw_digest)
     finally:
-        raw.hash.close()
+        if raw.hash is not None:
+            raw.hash.close()
         if out.hash is not None:
             out.hash.close()
 

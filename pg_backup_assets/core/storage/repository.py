@@ -20,6 +20,7 @@ from pg_backup_assets.core.storage.base import Storage
 from pg_backup_assets.core.storage.codec import (
     Codec,
     Decoded,
+    Encoded,
     Progress,
     decode,
     encode,
@@ -138,6 +139,26 @@ class Repository:
                 )
         with open(path, "rb") as f:
             return self.put_stream(key, f, precompressed=precompressed)
+
+    def put_encoded(self, key: str, path: Path, enc: Encoded) -> ObjectRecord:
+        """Store a local file that is already in the stored form (written by the
+        ``encoder`` process with this repository's codec) as ``key`` (suffix appended):
+        moved in when on the repository's filesystem, copied otherwise."""
+        key = key + self.codec.suffix
+        adopt = getattr(self.storage, "adopt", None)
+        if adopt is None or not adopt(path, key):
+            with open(path, "rb") as src, self.storage.writer(key) as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+        return ObjectRecord(
+            key=key,
+            raw_bytes=enc.raw_bytes,
+            stored_bytes=enc.stored_bytes,
+            sha256=enc.sha256,
+            raw_sha256=enc.raw_sha256,
+            encrypted=self.codec.encrypted,
+            created_at=time.time(),
+        )
 
     def verify(self, record: ObjectRecord) -> None:
         """Re-read a stored object and compare size and sha256 with the catalog."""
@@ -281,6 +302,11 @@ class _SetWriter:
 
     def put_file(self, name: str, path: Path, precompressed: bool = False) -> ObjectRecord:
         record = self.repo.put_file(f"{self.prefix}/{name}", path, precompressed)
+        self.records.append(record)
+        return record
+
+    def put_encoded(self, name: str, path: Path, enc: Encoded) -> ObjectRecord:
+        record = self.repo.put_encoded(f"{self.prefix}/{name}", path, enc)
         self.records.append(record)
         return record
 

@@ -27,7 +27,7 @@ def build_base_backup(c: ClusterContext) -> dg.AssetsDefinition:
     def base_backup(
         context: dg.AssetExecutionContext, pgbackup: PgBackupResource
     ) -> dg.MaterializeResult:
-        """pg_basebackup (tar, fast checkpoint, server-side zstd) + backup_manifest, catalogued."""
+        """pg_basebackup (tar, fast checkpoint) in parts + backup_manifest, catalogued."""
         config, repo = pgbackup.config(), pgbackup.repository()
         history = daily_history(
             [(b.date, b.size_bytes) for b in list_base_backups(repo, c.name)],
@@ -40,6 +40,7 @@ def build_base_backup(c: ClusterContext) -> dg.AssetsDefinition:
             log=context.log.info,
             archive_wait_s=config.timeouts.archive_wait_seconds,
             lock_wait_s=config.timeouts.run_seconds,
+            layout=config.base_backup,
         )
         return dg.MaterializeResult(
             metadata={
@@ -47,7 +48,7 @@ def build_base_backup(c: ClusterContext) -> dg.AssetsDefinition:
                 "duration_s": round(backup.duration_s, 3),
                 "raw_bytes": backup.raw_bytes,
                 "throughput_mib_s": throughput_mib_s(backup.raw_bytes, backup.duration_s),
-                "compressed_tar_bytes": backup.objects["base.tar"].raw_bytes,
+                "parts": len(backup.parts) or 1,
                 "label": backup.label,
                 "start_lsn": format_lsn(backup.start_lsn),
                 "stop_lsn": format_lsn(backup.stop_lsn),

@@ -1,0 +1,405 @@
+"""Extracting base backups: a backup in parts with several workers, pg_control last; a
+delta restore into a stale copy of the same cluster; and the one-stream layout.
+
+Each part is extracted by a ``tar -x`` process of its own (fed by a ``decoder`` process
+when it is encrypted, or read through this process when the store is remote), so the
+workers use as many cores as there are, whatever the GIL. The stored bytes of every part
+are hashed while tar extracts them; a part that does not match the catalog is named, and
+pg_control, written only after every other part, is then never written: a folder whose
+restore did not finish cannot be started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyrage
+
+from pg_backup_assets.core.catalog import CONTROL_FILE, BaseBackup
+from pg_backup_assets.core.errors import CommandError, IntegrityError, NotFoundError, PgBackupError
+from pg_backup_assets.core.progress import Log
+from pg_backup_assets.core.storage.codec import HashingReader
+from pg_backup_assets.core.storage.repository import ObjectRecord, Repository
+from pg_backup_assets.core.tools import require_tar_zstd
+
+_CHUNK = 1 << 20
+
+
+@dataclass
+class ExtractStats:
+    """What an extraction wrote; for a delta restore also what it kept and removed."""
+
+    parts: int = 0
+    parts_read: int = 0
+    files_written: int = 0
+    bytes_written: int = 0
+    files_kept: int = 0
+    files_removed: int = 0
+    rewritten: list[str] = field(default_factory=list)  # delta: the files written anew
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+def extract_parts(
+    repo: Repository,
+    backup: BaseBackup,
+    to: Path,
+    log: Log,
+    workers: int | None = None,
+    delta: bool = False,
+    durable: bool = True,
+) -> ExtractStats:
+    """Extract a backup in parts into ``to`` with ``workers`` at once, largest parts first,
+    and pg_control's part last (after a sync, when ``durable``: no crash can leave
+    pg_control on disk without the rest). With ``delta``, ``to`` holds an older copy of
+    the same cluster: files whose size and checksum match the backup's index are kept, the
+    others written anew, and what the backup does not have is removed."""
+    require_tar_zstd()
+    workers = max(1, workers or default_workers())
+    if any(r.encrypted for r in backup.records):
+        repo.identities()  # fail before anything is written
+    missing = [p.name for p in backup.parts if not repo.storage.exists(backup.objects[p.name].key)]
+    if missing:
+        raise NotFoundError(
+            f"backup {backup.label} in {repo.describe()} lacks {len(missing)} of its parts "
+            f"({', '.join(missing[:5])}); nothing was restored into {to}"
+        )
+    stats = ExtractStats(parts=len(backup.parts))
+    control = [p for p in backup.parts if p.control]
+    data = [p for p in backup.parts if not p.control]
+    if delta:
+        members = _plan_delta(backup, to, log, stats, workers)
+    else:
+        members = {p.name: None for p in data}
+        stats.files_written = sum(len(p.files) for p in data)
+        stats.bytes_written = sum(size for p in data for _, size, _ in p.files)
+    data = sorted(data, key=lambda p: backup.objects[p.name].stored_bytes, reverse=True)
+    todo = [p for p in data if members[p.name] is None or members[p.name]]
+    _make_folders(backup, to)
+    t0 = time.monotonic()
+    log(
+        f"extracting {len(todo)} of {len(data)} parts "
+        f"({sum(backup.objects[p.name].stored_bytes for p in todo) / 2**20:,.0f} MiB stored) "
+        f"with {min(workers, max(len(todo), 1))} workers"
+    )
+    try:
+        _in_parallel(
+            [
+                _job(repo, backup.objects[p.name], to, members[p.name], n, len(todo))
+                for n, p in enumerate(todo, 1)
+            ],
+            workers,
+            log,
+        )
+        if durable:  # the rest is on disk before pg_control is written
+            subprocess.run(["sync", "-f", str(to)], check=False)
+        for part in control:
+            _extract_part(repo, backup.objects[part.name], to, None)
+    except PgBackupError as exc:
+        if delta:
+            raise PgBackupError(
+                f"{exc}; {to} has no {CONTROL_FILE} now and will not start: run the delta "
+                "restore again once the backup is readable, or restore another backup"
+            ) from None
+        empty_folder(to)
+        raise type(exc)(f"{exc}; nothing was restored into {to}") from None
+    stats.parts_read = len(todo) + len(control)
+    stats.files_written += sum(len(p.files) for p in control)
+    stats.rewritten += [path for p in control for path, _, _ in p.files]
+    log(
+        f"extracted {stats.parts_read} parts in {time.monotonic() - t0:.1f}s: "
+        f"{stats.files_written:,} files written ({stats.bytes_written / 2**20:,.0f} MiB)"
+        + (
+            f", {stats.files_kept:,} kept as they were, {stats.files_removed:,} removed"
+            if delta
+            else ""
+        )
+    )
+    return stats
+
+
+def _make_folders(backup: BaseBackup, to: Path) -> None:
+    """Every folder that holds a member of some part, made before any tar runs. A file's
+    folder may come in another part than the file; tar makes missing parent folders
+    itself, but two tar processes doing that in one tree at once race (seen: "Cannot open:
+    No such file or directory"). The parts' folder entries then find them there, and set
+    their modes and times as tar does."""
+    folders = {
+        os.path.dirname(os.path.normpath(name))
+        for part in backup.parts
+        for name in (*(f[0] for f in part.files), *part.others)
+    }
+    for folder in sorted(folders - {"", "."}):
+        (to / folder).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _job(
+    repo: Repository, record: ObjectRecord, to: Path, names: list[str] | None, n: int, of: int
+) -> Callable[[], str]:
+    def run() -> str:
+        t0 = time.monotonic()
+        _extract_part(repo, record, to, names)
+        what = "" if names is None else f", {len(names)} members"
+        return (
+            f"part {n}/{of} {record.key.rsplit('/', 1)[-1].split('.')[0]}: "
+            f"{record.raw_bytes / 2**20:,.0f} "
+            f"MiB{what} in {time.monotonic() - t0:.1f}s"
+        )
+
+    return run
+
+
+def _in_parallel(jobs: list[Callable[[], str]], workers: int, log: Log) -> None:
+    """Run ``jobs`` on ``workers`` threads, logging each one's line; the first failure is
+    raised once the running jobs are done (the others are not started)."""
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
+        futures = [pool.submit(job) for job in jobs]
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            try:
+                log(future.result())
+            except BaseException as exc:
+                if failure is None:
+                    failure = exc
+                    for other in futures:
+                        other.cancel()
+    if failure is not None:
+        raise failure
+
+
+def _extract_part(
+    repo: Repository, record: ObjectRecord, to: Path, names: list[str] | None
+) -> None:
+    """Extract one part (only ``names`` of it when given) and check its stored bytes."""
+    tar = ["tar", "-x", "-C", str(to), "--no-same-owner", "-f"]
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("w") as listing:
+        extra: list[str] = []
+        if names is not None:
+            listing.write("".join(f"{name}\n" for name in names))
+            listing.flush()
+            # Exactly these members: a directory's name alone would extract all it holds.
+            extra = ["--no-recursion", "--verbatim-files-from", "-T", listing.name]
+        local_path = getattr(repo.storage, "path", None)
+        if local_path is not None:
+            identity = repo.identity_file if record.encrypted else None
+            rc, failure, stored = extract_local(local_path(record.key), identity, tar, err, extra)
+        else:
+            identities = repo.identities() if record.encrypted else None
+            with repo.storage.open(record.key) as f:
+                stored = HashingReader(f)
+                args = [*tar, "-", "--zstd", *extra]  # pyrage decrypts into tar
+                rc, failure = pipe_into_tar(stored, identities, args, err, record)
+        check_stored(repo, record, stored)
+        if failure:
+            raise PgBackupError(failure)
+        tar_failed(rc, err, f"extracting {record.key}", removed=names is None)
+
+
+def check_stored(repo: Repository, record: ObjectRecord, stored: HashingReader) -> None:
+    if stored.hash.hexdigest() != record.sha256 or stored.count != record.stored_bytes:
+        raise IntegrityError(
+            f"{record.key} in {repo.describe()} is damaged: sha256 "
+            f"{stored.hash.hexdigest()} does not match the catalog's {record.sha256}"
+        )
+
+
+def tar_failed(rc: int, err: Any, what: str, removed: bool = True) -> None:  # noqa: ANN401
+    """Raise when tar failed. tar refuses members that would land outside the folder
+    (".."), and extracts absolute names inside it, saying so; a backup made by
+    pg_basebackup has neither: either way, what was extracted is no restore."""
+    err.seek(0)
+    said = err.read().decode(errors="replace").strip()
+    if rc != 0 or "Removing leading" in said:
+        then = ", and what was extracted is removed" if removed else ""
+        raise CommandError(f"{what} failed{then}: {'; '.join(said.splitlines())[-1000:]}")
+
+
+def extract_local(
+    path: Path, identity_file: Path | None, tar: list[str], err: Any, extra: list[str] = ()
+) -> tuple[int, str | None, HashingReader]:  # noqa: ANN401
+    """Extract a local object with tar (decoded by ``decoder`` in a process of its own when
+    ``identity_file`` is given) while this process hashes it; (tar's status, a failure of
+    the decoding or None, the HashingReader that read the object)."""
+    if identity_file is None:
+        proc, decoder = subprocess.Popen([*tar, str(path), "--zstd", *extra], stderr=err), None
+    else:
+        decoder = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pg_backup_assets.core.storage.decoder",
+                str(identity_file),
+                str(path),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        proc = subprocess.Popen([*tar, "-", *extra], stdin=decoder.stdout, stderr=err)
+        decoder.stdout.close()  # tar's now: it sees the end when the decoding ends
+    try:
+        with open(path, "rb") as f:
+            stored = HashingReader(f)
+            while stored.read(_CHUNK):
+                pass
+    finally:
+        rc = proc.wait()
+        said = decoder.communicate()[1] if decoder else b""
+    failure = None
+    if decoder is not None and decoder.returncode != 0:
+        failure = said.decode(errors="replace").strip() or f"exit {decoder.returncode}"
+    return rc, failure, stored
+
+
+def pipe_into_tar(stored, identities, args, err, record):  # noqa: ANN001, ANN201
+    """Stream (and decrypt) the stored bytes into tar's stdin; (tar's status, failure)."""
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=err)
+    sink = proc.stdin
+    failure = None
+    try:
+        # A broken pipe means tar stopped: its exit status and stderr say why.
+        with contextlib.suppress(BrokenPipeError):
+            if identities is not None:
+                try:
+                    pyrage.decrypt_io(stored, sink, identities)
+                except (pyrage.DecryptError, OSError) as exc:
+                    failure = f"cannot decrypt {record.key}: {exc}"
+            else:
+                while chunk := stored.read(_CHUNK):
+                    sink.write(chunk)
+    finally:
+        # Whatever happened, tar must see the end of its input, or wait() never returns.
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        rc = proc.wait()
+    while stored.read(_CHUNK):  # the rest, if tar or age stopped early
+        pass
+    return rc, failure
+
+
+def empty_folder(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+# -- delta ---------------------------------------------------------------------------------
+def system_identifier(data: Path) -> str | None:
+    """The system identifier in a data directory's pg_control (its first 8 bytes), or None
+    when it has none."""
+    try:
+        with open(data / CONTROL_FILE, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        return None
+    return str(int.from_bytes(head, sys.byteorder)) if len(head) == 8 else None
+
+
+def _plan_delta(
+    backup: BaseBackup, to: Path, log: Log, stats: ExtractStats, workers: int
+) -> dict[str, list[str]]:
+    """Compare ``to`` with the backup's index: remove what the backup lacks, and return for
+    each data part the members to extract (files that differ or are missing, and
+    directories that are missing). pg_control is removed first."""
+    found = system_identifier(to)
+    if found is None:
+        raise PgBackupError(
+            f"--delta: {to} has no {CONTROL_FILE}, so it cannot be checked to be a copy of "
+            f"cluster {backup.cluster} (a restore into it may not have finished): restore "
+            "into it with --force instead"
+        )
+    if found != backup.system_identifier:
+        raise PgBackupError(
+            f"--delta: {to} holds the cluster with system identifier {found}, and backup "
+            f"{backup.label} is of {backup.system_identifier}: a delta restore only refreshes "
+            "a copy of the same cluster (use --force to replace it)"
+        )
+    if backup.checksum_algorithm != "CRC32C":
+        raise PgBackupError(
+            f"--delta: backup {backup.label} has {backup.checksum_algorithm or 'no'} file "
+            "checksums; a delta restore compares CRC32C (pg_basebackup's default)"
+        )
+    # From here on the folder cannot be started until the restore is complete.
+    (to / CONTROL_FILE).unlink()
+    index: dict[str, tuple[int, str, str]] = {}
+    wanted_dirs: dict[str, tuple[str, str]] = {}  # path -> (part, its name in the part)
+    for part in backup.parts:
+        if part.control:
+            continue
+        for path, size, checksum in part.files:
+            index[path] = (size, checksum, part.name)
+        for other in part.others:
+            wanted_dirs[os.path.normpath(other)] = (part.name, other)
+    present: list[str] = []
+    for root, dirs, files in os.walk(to):
+        rel_root = os.path.relpath(root, to)
+        for d in list(dirs):
+            rel = d if rel_root == "." else f"{rel_root}/{d}"
+            if rel not in wanted_dirs:
+                path = Path(root, d)
+                if path.is_symlink():
+                    path.unlink()
+                else:
+                    stats.files_removed += sum(len(f) for _, _, f in os.walk(path))
+                    shutil.rmtree(path)
+                dirs.remove(d)
+        for name in files:
+            rel = name if rel_root == "." else f"{rel_root}/{name}"
+            if rel in index:
+                present.append(rel)
+            else:
+                os.unlink(os.path.join(root, name))
+                stats.files_removed += 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        same = list(pool.map(lambda rel: _unchanged(to / rel, *index[rel][:2]), present))
+    kept = {rel for rel, ok in zip(present, same, strict=True) if ok}
+    members: dict[str, list[str]] = {p.name: [] for p in backup.parts if not p.control}
+    for path, (size, _, part) in index.items():
+        if path in kept:
+            stats.files_kept += 1
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            (to / path).unlink()
+        members[part].append(path)
+        stats.rewritten.append(path)
+        stats.files_written += 1
+        stats.bytes_written += size
+    for d, (part, member) in wanted_dirs.items():
+        if not (to / d).is_dir():
+            members[part].append(member)
+    log(
+        f"delta: {len(kept):,} files match the backup, {stats.files_written:,} to write, "
+        f"{stats.files_removed:,} removed (not in the backup)"
+    )
+    return members
+
+
+def _unchanged(path: Path, size: int, checksum: str) -> bool:
+    import google_crc32c
+
+    try:
+        if path.stat().st_size != size:
+            return False
+        crc = google_crc32c.Checksum()
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(_CHUNK):
+                crc.update(chunk)
+    except OSError:
+        return False
+    return crc.digest()[::-1].hex() == checksum.lower()

@@ -1,0 +1,274 @@
+"""A base backup in parts: pg_basebackup's tar stream, cut at file boundaries.
+
+pg_basebackup writes one tar archive of the data directory to stdout (``-Ft -D -``), with
+the ``backup_manifest`` appended as its last member. That stream is read here header by
+header and cut into parts of about ``part_size`` bytes, each a complete tar archive of
+whole files (a file larger than a part makes a part of its own). Each part is compressed
+and encrypted by an ``encoder`` process (stored as ``age(zstd(tar))``, like every object:
+``age -d | zstd -d | tar -x`` opens it), so a restore can extract the parts in parallel.
+``global/pg_control`` goes into a part of its own, which a restore writes last.
+
+Why not compression on the server: pg_basebackup refuses to append the manifest to a
+compressed stream on stdout ("cannot inject manifest into a compressed tar file"), and a
+stream that is compressed cannot be cut at file boundaries without decompressing it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pg_backup_assets.core.catalog import CONTROL_FILE, Part
+from pg_backup_assets.core.errors import IntegrityError, PgBackupError
+from pg_backup_assets.core.storage.codec import Codec, Encoded
+
+BLOCK = 512
+MANIFEST = "backup_manifest"
+CONTROL_PART = "pg_control.tar"
+_END = bytes(2 * BLOCK)  # a tar archive ends with two zero blocks
+_READ = 1 << 20
+# Headers that describe the member after them (pax, GNU long names): kept with it.
+_PREFIX_TYPES = (b"x", b"g", b"L", b"K")
+
+
+def wide_pipe(f: BinaryIO) -> None:
+    """A 1 MiB pipe instead of 64 KiB: fewer switches between the stages of the backup's
+    pipeline (pg_basebackup -> this process -> encoder), as the decoder does for a restore
+    (nothing when the system's pipe-max-size is lower)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, _READ)
+
+
+def part_name(n: int) -> str:
+    return f"part-{n:04d}.tar"
+
+
+class PartEncoder:
+    """One part being written: a tar archive piped into an ``encoder`` process."""
+
+    def __init__(self, name: str, folder: Path, codec: Codec, threads: int):
+        self.name = name
+        self.path = folder / (name + codec.suffix)
+        self.files: list[tuple[str, int]] = []
+        self.others: list[str] = []
+        self.bytes = 0
+        self._stderr = open(folder / f"{name}.err", "w+b")  # noqa: SIM115 - closed in result()
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pg_backup_assets.core.storage.encoder",
+                str(self.path),
+                str(codec.level),
+                str(threads),
+                *codec.recipients,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        wide_pipe(self._proc.stdin)
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self._proc.stdin.write(data)
+        except BrokenPipeError:
+            raise PgBackupError(f"encoding {self.name} failed: {self._said()}") from None
+        self.bytes += len(data)
+
+    def close(self) -> None:
+        """End the archive; the encoder finishes in the background (see ``result``)."""
+        if not self._proc.stdin.closed:
+            self.write(_END)
+            self._proc.stdin.close()
+
+    def result(self) -> Encoded:
+        out = self._proc.stdout.read()
+        rc = self._proc.wait()
+        self._proc.stdout.close()
+        try:
+            if rc != 0:
+                raise PgBackupError(f"encoding {self.name} failed (exit {rc}): {self._said()}")
+            return Encoded(**json.loads(out))
+        finally:
+            self._stderr.close()
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for f in (self._proc.stdin, self._proc.stdout, self._stderr):
+            with contextlib.suppress(OSError):
+                f.close()
+
+    def _said(self) -> str:
+        self._proc.wait()
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace").strip()[-1000:]
+
+
+class _Blocks:
+    """Exact reads from a pipe, and copies of n bytes on to a writer without a detour."""
+
+    def __init__(self, src: BinaryIO):
+        self.src = src
+        self.buf = b""
+        self.pos = 0
+        self.count = 0  # bytes consumed from the stream
+
+    def read_exact(self, n: int) -> bytes:
+        if len(self.buf) - self.pos < n:
+            parts = [self.buf[self.pos :]]
+            have = len(parts[0])
+            while have < n:
+                more = self.src.read(max(_READ, n - have))
+                if not more:
+                    raise PgBackupError(
+                        "pg_basebackup's stream ended in the middle of a tar member"
+                    )
+                parts.append(more)
+                have += len(more)
+            self.buf, self.pos = b"".join(parts), 0
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        self.count += n
+        return out
+
+    def copy(self, n: int, write: Callable[[bytes | memoryview], None]) -> None:
+        take = min(len(self.buf) - self.pos, n)
+        if take > 0:
+            write(memoryview(self.buf)[self.pos : self.pos + take])
+            self.pos += take
+            self.count += take
+            n -= take
+        while n > 0:
+            chunk = self.src.read(min(_READ, n))
+            if not chunk:
+                raise PgBackupError("pg_basebackup's stream ended in the middle of a file")
+            write(chunk)
+            self.count += len(chunk)
+            n -= len(chunk)
+
+    def drain(self) -> None:
+        self.buf, self.pos = b"", 0
+        while self.src.read(_READ):
+            pass
+
+
+def _header(block: bytes) -> tuple[str, int, bytes]:
+    """(name, size, type) of a ustar header."""
+    if block[148:156].strip(b"\0 ") and _checksum(block) != int(block[148:156].strip(b"\0 "), 8):
+        raise PgBackupError("pg_basebackup's stream has a tar header with a bad checksum")
+    name = block[0:100].split(b"\0", 1)[0].decode()
+    if block[257:262] == b"ustar":
+        prefix = block[345:500].split(b"\0", 1)[0].decode()
+        if prefix:
+            name = f"{prefix}/{name}"
+    raw = block[124:136]
+    # base-256 for sizes beyond 8 GiB, octal otherwise
+    size = int.from_bytes(raw[1:], "big") if raw[0] & 0x80 else int(raw.strip(b"\0 ") or b"0", 8)
+    return name, size, block[156:157]
+
+
+def _checksum(block: bytes) -> int:
+    return sum(block[:148]) + 8 * 32 + sum(block[156:])
+
+
+class Splitter:
+    """Reads pg_basebackup's tar stream and writes it into parts; keeps the manifest."""
+
+    def __init__(self, open_part: Callable[[str], PartEncoder], part_size: int):
+        self.open_part = open_part
+        self.part_size = part_size
+        self.parts: list[PartEncoder] = []
+        self.control: PartEncoder | None = None
+        self.manifest: bytes | None = None
+        self.stream: _Blocks | None = None
+
+    @property
+    def bytes_read(self) -> int:
+        return self.stream.count if self.stream else 0
+
+    def _current(self, size: int) -> PartEncoder:
+        current = self.parts[-1] if self.parts else None
+        if current is None or (current.files and current.bytes + size > self.part_size):
+            if current is not None:
+                current.close()
+            current = self.open_part(part_name(len(self.parts) + 1))
+            self.parts.append(current)
+        return current
+
+    def split(self, src: BinaryIO) -> None:
+        self.stream = stream = _Blocks(src)
+        pending = b""
+        while True:
+            block = stream.read_exact(BLOCK)
+            if block == bytes(BLOCK):
+                stream.drain()
+                break
+            name, size, kind = _header(block)
+            padded = -(-size // BLOCK) * BLOCK
+            if kind in _PREFIX_TYPES:
+                pending += block + stream.read_exact(padded)
+                continue
+            if name == MANIFEST and not pending:
+                self.manifest = stream.read_exact(padded)[:size]
+                continue
+            regular = kind in (b"0", b"\0", b"7")
+            if name == CONTROL_FILE:
+                self.control = self.control or self.open_part(CONTROL_PART)
+                target = self.control
+            else:
+                target = self._current(padded + BLOCK if regular else 0)
+            target.write(pending + block)
+            pending = b""
+            stream.copy(padded, target.write)
+            if regular:
+                target.files.append((name, size))
+            else:
+                target.others.append(name)
+        for part in [*self.parts, *([self.control] if self.control else [])]:
+            part.close()
+
+    def encoders(self) -> list[PartEncoder]:
+        return [*self.parts, *([self.control] if self.control else [])]
+
+
+def index(encoders: list[PartEncoder], manifest: dict[str, Any]) -> tuple[tuple[Part, ...], str]:
+    """The catalog's index of the parts, each file with its size and the manifest's
+    checksum; (parts, checksum algorithm). Every file of the manifest is in one part."""
+    listed = {f["Path"]: f for f in manifest["Files"]}
+    algorithms = {f.get("Checksum-Algorithm", "NONE") for f in manifest["Files"]}
+    parts, seen = [], set()
+    for enc in encoders:
+        files = []
+        for path, size in enc.files:
+            entry = listed.get(path)
+            if entry is None or entry["Size"] != size:
+                raise IntegrityError(
+                    f"{path} ({size:,} bytes) in pg_basebackup's stream does not match its "
+                    "backup_manifest; the backup was not kept"
+                )
+            files.append((path, size, entry.get("Checksum", "")))
+            seen.add(path)
+        parts.append(Part(enc.name, tuple(files), tuple(enc.others)))
+    missing = sorted(set(listed) - seen)
+    if missing:
+        raise IntegrityError(
+            f"the backup_manifest lists {len(missing)} files that pg_basebackup's stream did "
+            f"not hold (e.g. {missing[0]}); the backup was not kept"
+        )
+    return tuple(parts), "/".join(sorted(algorithms))
+
+
+def encoder_threads() -> int:
+    """zstd threads in each part's encoder: the stream is cut sequentially, so one part is
+    written at a time, and its compression uses every core."""
+    return os.cpu_count() or 1

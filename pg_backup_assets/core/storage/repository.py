@@ -107,6 +107,10 @@ class Repository:
         key = key + self.codec.suffix
         with self.storage.writer(key) as f:
             enc = encode(src, f, self.codec, progress, precompressed)
+        return self._record(key, enc)
+
+    def _record(self, key: str, enc: Encoded) -> ObjectRecord:
+        """The catalog record of object ``key``, stored with this repository's codec."""
         return ObjectRecord(
             key=key,
             raw_bytes=enc.raw_bytes,
@@ -150,15 +154,7 @@ class Repository:
             with open(path, "rb") as src, self.storage.writer(key) as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
-        return ObjectRecord(
-            key=key,
-            raw_bytes=enc.raw_bytes,
-            stored_bytes=enc.stored_bytes,
-            sha256=enc.sha256,
-            raw_sha256=enc.raw_sha256,
-            encrypted=self.codec.encrypted,
-            created_at=time.time(),
-        )
+        return self._record(key, enc)
 
     def verify(self, record: ObjectRecord) -> None:
         """Re-read a stored object and compare size and sha256 with the catalog."""

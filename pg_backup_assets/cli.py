@@ -153,14 +153,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     push = _wal_push_args(argv)
     if push is not None:  # archive_command, once per WAL segment: no argparse
-        status = _run(lambda: _wal_push(*push), None)
-        if own_process:
-            # Every file is written, fsynced and closed, and no thread is left: the
-            # interpreter's teardown (a few ms of freeing modules) is skipped.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
-        return status
+        return _leave(_run(lambda: _wal_push(*push), None), own_process)
     # restore_command: PostgreSQL reads an exit status up to 125 as "not archived" and, for
     # a recovery without a target, ends recovery there. Any failure of wal-fetch but "not
     # archived" (bad arguments, config, store, disk, a bug) must stop recovery instead.
@@ -169,11 +162,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     if fetch is not None:  # restore_command, once per WAL file: the local copy, leanly
         status = _run(lambda: _wal_fetch_lean(*fetch), fatal)
         if status is not None:
-            if own_process:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
-            return status
+            return _leave(status, own_process)
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
@@ -181,6 +170,17 @@ def main(argv: "Sequence[str] | None" = None) -> int:
             return fatal
         raise
     return _run(lambda: _COMMANDS[args.command](args), fatal)
+
+
+def _leave(status: int, own_process: bool) -> int:
+    """The status of a per-WAL-file command. As the pgbackup process itself, exit at once:
+    every file is written, fsynced and closed, and no thread is left, so the interpreter's
+    teardown (a few ms of freeing modules) is skipped."""
+    if own_process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _run(command: "Callable[[], int]", fatal: int | None) -> int:
@@ -219,12 +219,13 @@ def _report(exc: Exception, fatal: int | None) -> int:
     return fatal or 1
 
 
-def _wal_push_args(argv: list[str]) -> tuple[str | None, str | None, str] | None:
-    """(config, cluster, path) of ``[--config F] [--cluster C] wal-push PATH``; None for
-    anything else (``--help`` included), which argparse then reads."""
+def _lean_args(argv: list[str], command: str) -> tuple[str | None, str | None, list[str]] | None:
+    """(config, cluster, the arguments after ``command``) of ``[--config F] [--cluster C]
+    COMMAND ...``, read by hand for the commands PostgreSQL runs once per WAL file; None
+    when anything else comes before ``command`` (argparse then reads it all)."""
     options: dict[str, str] = {}
     i = 0
-    while i < len(argv) and argv[i] != "wal-push":
+    while i < len(argv) and argv[i] != command:
         flag, eq, value = argv[i].partition("=")
         if flag not in ("--config", "--cluster") or flag in options:
             return None
@@ -234,29 +235,37 @@ def _wal_push_args(argv: list[str]) -> tuple[str | None, str | None, str] | None
             i, value = i + 1, argv[i + 1]
         options[flag] = value
         i += 1
-    rest = argv[i + 1 :]
-    if i == len(argv) or len(rest) != 1 or rest[0].startswith("-"):
+    if i == len(argv):
         return None
-    return options.get("--config"), options.get("--cluster"), rest[0]
+    return options.get("--config"), options.get("--cluster"), argv[i + 1 :]
+
+
+def _wal_push_args(argv: list[str]) -> tuple[str | None, str | None, str] | None:
+    """(config, cluster, path) of ``[--config F] [--cluster C] wal-push PATH``; None for
+    anything else (``--help`` included), which argparse then reads."""
+    parsed = _lean_args(argv, "wal-push")
+    if parsed is None:
+        return None
+    config, cluster, rest = parsed
+    if len(rest) != 1 or rest[0].startswith("-"):
+        return None
+    return config, cluster, rest[0]
 
 
 def _wal_fetch_args(argv: list[str]) -> tuple[str | None, str | None, str, str] | None:
     """(config, cluster, name, dest) of ``[--config F] [--cluster C] wal-fetch [--source
     local] NAME DEST``; None for anything else, which argparse then reads."""
-    if "wal-fetch" not in argv:
+    parsed = _lean_args(argv, "wal-fetch")
+    if parsed is None:
         return None
-    i = argv.index("wal-fetch")
-    head, rest = argv[:i], argv[i + 1 :]
+    config, cluster, rest = parsed
     if rest[:2] == ["--source", "local"]:
         rest = rest[2:]
     elif rest[:1] == ["--source=local"]:
         rest = rest[1:]
     if len(rest) != 2 or any(r.startswith("-") for r in rest):
         return None
-    options = _wal_push_args([*head, "wal-push", "PATH"])  # the same global options
-    if options is None:
-        return None
-    return options[0], options[1], rest[0], rest[1]
+    return config, cluster, rest[0], rest[1]
 
 
 def _wal_fetch_lean(config: str | None, cluster: str | None, name: str, dest: str) -> int | None:

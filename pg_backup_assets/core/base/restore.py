@@ -250,92 +250,57 @@ def restore(
         else contextlib.nullcontext()
     )
     with spool as prefetch:
-        result = _finish(
-            repo,
-            cluster,
-            config_path,
-            to,
-            target,
+        command = spool_restore_command(prefetch.spool, fetch_wal) if start else fetch_wal
+        settings = {
+            "restore_command": quote_setting(command),
+            "recovery_target_action": "'promote'",
+            "recovery_target_timeline": "'latest'",
+            **target.settings(),
+            **({"archive_mode": "'off'"} if archive_mode == "off" else {}),
+        }
+        with open(to / "postgresql.auto.conf", "a") as f:
+            f.write(f"\n# written by pgbackup restore of {backup.label}\n")
+            f.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        (to / "recovery.signal").touch()
+        hand_over_tree(to)
+        os.chmod(to, 0o700)
+        # What tar wrote sits in the page cache: make it durable before saying "restored".
+        subprocess.run(["sync", "-f", str(to)], check=False)
+        result = RestoreResult(
             backup,
-            fetch_wal,
-            prefetch,
-            t0,
+            target,
+            to,
             fetch_extract_s,
-            start,
-            log,
-            timeout_s,
-            archive_mode,
-            s3_env,
+            cluster_dsn=cluster.dsn,
+            started_at=t0,
+            extracted=extracted,
         )
-    result.extracted = extracted
-    if prefetch is not None:
-        result.wal_taken_ahead = prefetch.taken
+        result.phases["fetch_extract_s"] = fetch_extract_s
+        log(
+            f"extracted in {fetch_extract_s:.1f}s; recovery settings written to "
+            "postgresql.auto.conf"
+        )
+        if not start:
+            return result
+        root = getattr(repo.storage, "root", None)
+        # A folder store: the restored server's OS user reads WAL from it (every folder).
+        folders = list(Path(root).joinpath(cluster.name, "wal").glob("**/")) if root else []
+        _start_and_wait(result, config_path, log, timeout_s, s3_env, folders)
+        _unspool_restore_command(to, command, fetch_wal)
+        result.wal_wanted = len(prefetch.wanted)
+        result.wal_fetched_ahead = len(prefetch.fetched)
+        missed = ", ".join(sorted(prefetch.failed))
+        log(
+            f"WAL: {len(prefetch.fetched)} of {len(prefetch.wanted)} files fetched ahead "
+            "of replay" + (f"; not fetched ahead: {missed}" if missed else "")
+        )
+    result.wal_taken_ahead = prefetch.taken  # known once the spool is closed
     return result
 
 
 def _run_dir(to: Path) -> Path:
     """Where a restored copy started by ``restore`` keeps its log, socket and WAL spool."""
     return to.parent / f".{to.name}.run"
-
-
-def _finish(  # noqa: PLR0913 - the rest of restore(), with the prefetcher running
-    repo: Repository,
-    cluster: ClusterConfig,
-    config_path: Path,
-    to: Path,
-    target: Target,
-    backup: BaseBackup,
-    fetch_wal: str,
-    prefetch: Prefetcher | None,
-    t0: float,
-    fetch_extract_s: float,
-    start: bool,
-    log: Log,
-    timeout_s: float,
-    archive_mode: str,
-    s3_env: bool,
-) -> RestoreResult:
-    command = fetch_wal if prefetch is None else spool_restore_command(prefetch.spool, fetch_wal)
-    settings = {
-        "restore_command": quote_setting(command),
-        "recovery_target_action": "'promote'",
-        "recovery_target_timeline": "'latest'",
-        **target.settings(),
-        **({"archive_mode": "'off'"} if archive_mode == "off" else {}),
-    }
-    with open(to / "postgresql.auto.conf", "a") as f:
-        f.write(f"\n# written by pgbackup restore of {backup.label}\n")
-        f.writelines(f"{k} = {v}\n" for k, v in settings.items())
-    (to / "recovery.signal").touch()
-    hand_over_tree(to)
-    os.chmod(to, 0o700)
-    # What tar wrote sits in the page cache: make it durable before saying "restored".
-    subprocess.run(["sync", "-f", str(to)], check=False)
-    result = RestoreResult(
-        backup,
-        target,
-        to,
-        fetch_extract_s,
-        cluster_dsn=cluster.dsn,
-        started_at=t0,
-    )
-    result.phases["fetch_extract_s"] = fetch_extract_s
-    log(f"extracted in {fetch_extract_s:.1f}s; recovery settings written to postgresql.auto.conf")
-    if start:
-        root = getattr(repo.storage, "root", None)
-        # A folder store: the restored server's OS user reads WAL from it (every folder).
-        folders = list(Path(root).joinpath(cluster.name, "wal").glob("**/")) if root else []
-        _start_and_wait(result, config_path, log, timeout_s, s3_env, folders)
-        if prefetch is not None:
-            _unspool_restore_command(to, command, fetch_wal)
-            result.wal_wanted = len(prefetch.wanted)
-            result.wal_fetched_ahead = len(prefetch.fetched)
-            missed = ", ".join(sorted(prefetch.failed))
-            log(
-                f"WAL: {len(prefetch.fetched)} of {len(prefetch.wanted)} files fetched ahead "
-                "of replay" + (f"; not fetched ahead: {missed}" if missed else "")
-            )
-    return result
 
 
 def _unspool_restore_command(to: Path, spooled: str, plain: str) -> None:

@@ -288,6 +288,13 @@ class ArchiveListing(NamedTuple):
         return max(self.segments, key=lambda o: o.name[8:] + o.name[:8], default=None)
 
     @property
+    def newest_timeline(self) -> int:
+        """The highest timeline among the segments and the histories (1 when empty): the
+        one a recovery with ``recovery_target_timeline = 'latest'`` follows."""
+        segments = {int(o.name[:8], 16) for o in self.segments}
+        return max(segments | set(self.histories), default=1)
+
+    @property
     def total_bytes(self) -> int:
         return sum(o.stored_bytes for o in self.objects)
 
@@ -368,11 +375,16 @@ def restore_command(
     return _command(config_path, cluster, f"wal-fetch --source {source} %f %p")
 
 
-def _command(config_path: str | os.PathLike[str], cluster: str | None, tail: str) -> str:
+def command_word(text: str) -> str:
+    """``text`` as one word of an archive_command or restore_command: shell-quoted, and
+    its ``%`` written ``%%`` (PostgreSQL reads %p, %f and %r in the command)."""
     import shlex
 
+    return shlex.quote(text).replace("%", "%%")
+
+
+def _command(config_path: str | os.PathLike[str], cluster: str | None, tail: str) -> str:
     parts = [pgbackup_executable(), "--config", str(Path(config_path).resolve())]
     if cluster:
         parts += ["--cluster", cluster]
-    # PostgreSQL reads %p, %f (and %r) in the command: a % of a path is written %%.
-    return " ".join(shlex.quote(p).replace("%", "%%") for p in parts) + " " + tail
+    return " ".join(command_word(p) for p in parts) + " " + tail

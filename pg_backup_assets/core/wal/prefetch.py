@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from pg_backup_assets.core.storage.repository import Repository
-from pg_backup_assets.core.wal.archive import ArchiveListing, WalObject, read_checked
+from pg_backup_assets.core.wal.archive import (
+    ArchiveListing,
+    WalObject,
+    command_word,
+    read_checked,
+)
 from pg_backup_assets.core.wal.names import Segment, parse_segment, timeline_of
 
 # pgBackRest's archive-get queue holds 128 MiB by default; 16 segments is 256 MiB.
@@ -46,8 +50,7 @@ def wal_to_replay(listing: ArchiveListing, start_lsn: int, end_lsn: int | None) 
     size = listing.segment_size
     if size is None or not listing.segments:
         return []
-    timelines = {int(o.name[:8], 16) for o in listing.segments} | set(listing.histories)
-    target = max(timelines)
+    target = listing.newest_timeline
     path = list(listing.histories.get(target, []))
     by_name = {o.name: o for o in listing.segments}
     wanted: list[WalObject] = []
@@ -66,9 +69,8 @@ def absent_histories(listing: ArchiveListing) -> list[str]:
     """The ``.history`` files a recovery probes for that the archive does not hold:
     timeline 1's (there is none) up to the one after the newest (PostgreSQL looks for a
     newer timeline at the start and at the end of recovery)."""
-    timelines = {int(o.name[:8], 16) for o in listing.segments} | set(listing.histories)
     held = {o.name for o in listing.history_files}
-    names = (f"{tl:08X}.history" for tl in range(1, max(timelines, default=1) + 2))
+    names = (f"{tl:08X}.history" for tl in range(1, listing.newest_timeline + 2))
     return [n for n in names if n not in held]
 
 
@@ -77,7 +79,7 @@ def spool_restore_command(spool: Path, fallback: str) -> str:
     ``.history`` file the spool lists as absent, and runs ``fallback`` for anything else.
     A spooled file that cannot be moved is fatal (126): "not archived" (1) would end
     recovery early."""
-    d = shlex.quote(str(spool)).replace("%", "%%")  # PostgreSQL's escape for a literal %
+    d = command_word(str(spool))
     return (
         f'if [ -f {d}/%f ]; then mv -f {d}/%f "%p" || exit 126; '
         f"elif [ -f {d}/{ABSENT}/%f ]; then exit 1; else {fallback}; fi"

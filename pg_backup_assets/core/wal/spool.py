@@ -143,12 +143,11 @@ def done_check_command(spool: str, repository: str, fallback: str) -> str:
     """archive_command for asynchronous archiving: ``archive_done.sh`` (beside this module)
     answers, starting no interpreter, a call whose file the pusher has made durable (the
     check ``is_durable`` makes), waiting a while for a running pusher, and runs
-    ``fallback`` (``pgbackup ... wal-push %p``) in every other case. PostgreSQL turns
-    ``%%`` into ``%``: the paths' own ``%`` are written so."""
-    import shlex
+    ``fallback`` (``pgbackup ... wal-push %p``) in every other case."""
+    from pg_backup_assets.core.wal.archive import command_word  # not on a call's path
 
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "archive_done.sh")
-    args = (shlex.quote(a).replace("%", "%%") for a in (script, spool, repository))
+    args = (command_word(a) for a in (script, spool, repository))
     return "sh " + " ".join(args) + " %p %f " + fallback
 
 

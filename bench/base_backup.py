@@ -39,7 +39,6 @@ import argparse
 import datetime as dt
 import importlib
 import os
-import pwd
 import re
 import shutil
 import statistics
@@ -74,6 +73,7 @@ from common import (
     postmaster_pid,
     quiet_options,
     report_options,
+    require_server_user,
     rerender,
     run,
     run_with_pgbackrest,
@@ -90,7 +90,6 @@ from pg_backup_assets.core.base.restore import Target, restore
 from pg_backup_assets.core.config import load_config
 from pg_backup_assets.core.postgres.client import tool
 from pg_backup_assets.core.postgres.local_cluster import (
-    SERVER_USER,
     LocalCluster,
     hand_over,
     hand_over_tree,
@@ -1003,11 +1002,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rerender(NAME, HEADING, render, WHY, args.no_report)
     if args.reps < 3 and not args.no_report:
         p.error("--reps must be at least 3 for a report (or pass --no-report)")
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            p.error("running as root but there is no postgres OS user to run PostgreSQL as")
+    require_server_user(p)
     return run_with_pgbackrest(NAME, args, bench)
 
 

@@ -441,6 +441,15 @@ def report_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def require_server_user(p: argparse.ArgumentParser) -> None:
+    """As root, PostgreSQL runs as the postgres OS user: refuse to start without one."""
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            p.error("running as root but there is no postgres OS user to run PostgreSQL as")
+
+
 def quiet_options(p: argparse.ArgumentParser, wait_idle_s: float) -> None:
     """The options of a benchmark that waits for a quiet machine before each round."""
     p.add_argument(

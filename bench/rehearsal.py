@@ -31,7 +31,6 @@ import argparse
 import datetime as dt
 import functools
 import os
-import pwd
 import shutil
 import statistics
 import subprocess
@@ -73,6 +72,7 @@ from common import (
     postmaster_pid,
     quiet_options,
     report_options,
+    require_server_user,
     rerender,
     run,
     run_with_pgbackrest,
@@ -88,7 +88,7 @@ from pg_backup_assets.core.config import load_config
 from pg_backup_assets.core.dumps.dump import take_dump_set
 from pg_backup_assets.core.offsite.copy import copy_set
 from pg_backup_assets.core.offsite.store import offsite_repository
-from pg_backup_assets.core.postgres.local_cluster import SERVER_USER, LocalCluster
+from pg_backup_assets.core.postgres.local_cluster import LocalCluster
 from pg_backup_assets.core.rehearsal.rehearse import rehearse, week_of
 from pg_backup_assets.core.storage.repository import Repository
 
@@ -532,11 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rerender(NAME, HEADING, render, WHY, args.no_report)
     if args.rounds < 3 and not args.no_report:
         p.error("--rounds must be at least 3 for a report (or pass --no-report)")
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            p.error("running as root but there is no postgres OS user to run PostgreSQL as")
+    require_server_user(p)
     return run_with_pgbackrest(NAME, args, bench)
 
 

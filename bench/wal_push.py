@@ -45,7 +45,6 @@ import importlib.util
 import io
 import json
 import os
-import pwd
 import re
 import shutil
 import statistics
@@ -82,6 +81,7 @@ from common import (
     pgbench,
     postmaster_pid,
     report_options,
+    require_server_user,
     rerender,
     run,
     run_with_pgbackrest,
@@ -96,7 +96,7 @@ from common import (
 )
 
 from pg_backup_assets.core.postgres.client import bindir
-from pg_backup_assets.core.postgres.local_cluster import SERVER_USER, LocalCluster, hand_over_tree
+from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over_tree
 from pg_backup_assets.core.wal.archive import archive_command, quote_setting
 
 NAME = "wal_push"
@@ -1047,11 +1047,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rerender(NAME, HEADING, render, WHY, args.no_report)
     if args.segments < 2:
         p.error("--segments must be at least 2")
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            p.error("running as root but there is no postgres OS user to run PostgreSQL as")
+    require_server_user(p)
     if not args.pgbackrest_only and not wal_push_available():
         log("`pgbackup wal-push` does not exist yet; use --pgbackrest-only meanwhile")
         return 2

@@ -30,6 +30,12 @@ def require_tar_zstd() -> None:
         )
 
 
+def age_command() -> str | None:
+    """The age command, when installed: parts of encrypted base backups are encrypted and
+    decrypted by it (faster than pyrage in-process); without it, by Python processes."""
+    return shutil.which("age")
+
+
 def _version(exe: str, pattern: str) -> tuple[int, int] | None:
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout
     m = re.search(pattern, out)

@@ -334,6 +334,72 @@ def test_delta_refuses_another_cluster_and_a_folder_without_pg_control(scene, wo
         )
 
 
+def test_without_the_age_command_python_processes_encode_and_decode_the_same_form(
+    scene, monkeypatch
+):
+    """The parts are encrypted and decrypted by the age command where there is one, and by
+    the ``encoder``/``decoder`` modules (pyrage) where there is none: each reads the other's
+    output (the restores check every part's sha256 and compare the rows)."""
+    from pg_backup_assets.core.base import extract, parts
+
+    asked: list[str] = []
+
+    def no_age() -> None:
+        asked.append("age")
+        return None
+
+    monkeypatch.setattr(parts, "age_command", no_age)
+    monkeypatch.setattr(extract, "age_command", no_age)
+    # The newest backup (written by the age command) read by the decoder module.
+    newest = list_base_backups(scene.repo, "main")[-1]
+    by_module = scene.workdir / "by-module"
+    result = restore(
+        scene.repo,
+        scene.cluster,
+        scene.config,
+        by_module,
+        Target.parse(None, None),
+        start=True,
+        log=quiet,
+        workers=2,
+    )
+    try:
+        want = contents(scene.primary.dsn())
+        assert result.backup.label == newest.label
+        assert contents(result.dsn()) == want
+    finally:
+        result.server.stop()
+    shutil.rmtree(by_module)
+    assert len(asked) >= len(newest.parts)
+    # A backup encrypted by the encoder module, read by the age command.
+    cfg = load_config(scene.config)
+    encoded = take_base_backup(
+        scene.repo, cfg.cluster("main"), "2026-11-28", quiet, layout=cfg.base_backup
+    )
+    scene.primary.switch_wal_and_wait_archived()
+    assert len(asked) >= len(newest.parts) + len(encoded.parts)
+    monkeypatch.undo()
+    if shutil.which("age") is None:
+        pytest.skip("the age command is not installed: its half of the exchange is untested")
+    by_age = scene.workdir / "by-age"
+    result = restore(
+        scene.repo,
+        scene.cluster,
+        scene.config,
+        by_age,
+        Target.parse(None, None),
+        start=True,
+        log=quiet,
+        workers=2,
+    )
+    try:
+        assert result.backup.label == encoded.label
+        assert contents(result.dsn()) == want
+    finally:
+        result.server.stop()
+    shutil.rmtree(by_age)
+
+
 def test_a_single_stream_backup_still_restores(archiving, workdir):
     cluster, config = archiving
     config.write_text(config.read_text() + "base_backup: {layout: single}\n")

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
+import hashlib
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,6 +29,7 @@ from typing import Any, BinaryIO
 from pg_backup_assets.core.catalog import CONTROL_FILE, Part
 from pg_backup_assets.core.errors import IntegrityError, PgBackupError
 from pg_backup_assets.core.storage.codec import Codec, Encoded
+from pg_backup_assets.core.tools import age_command
 
 BLOCK = 512
 MANIFEST = "backup_manifest"
@@ -51,7 +53,11 @@ def part_name(n: int) -> str:
 
 
 class PartEncoder:
-    """One part being written: a tar archive piped into an ``encoder`` process."""
+    """One part being written: a tar archive piped into the stock tools, ``zstd`` and then
+    ``age`` when the repository encrypts (the ``encoder`` module instead of ``age`` when
+    the age command is not installed). They write the stored form straight into the
+    staging file; once they are done, a thread of this process hashes (sha256) and
+    fsyncs that file while the next parts are being written."""
 
     def __init__(self, name: str, folder: Path, codec: Codec, threads: int):
         self.name = name
@@ -60,65 +66,137 @@ class PartEncoder:
         self.others: list[str] = []
         self.bytes = 0
         self._stderr = open(folder / f"{name}.err", "w+b")  # noqa: SIM115 - closed in result()
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pg_backup_assets.core.storage.encoder",
-                str(self.path),
-                str(codec.level),
-                str(threads),
-                *codec.recipients,
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-        )
-        wide_pipe(self._proc.stdin)
+        self._procs = _encoding(self.path, codec, threads, self._stderr)
+        self._stdin = self._procs[0].stdin
+        wide_pipe(self._stdin)
+        self._finisher: threading.Thread | None = None
+        self._outcome: tuple[str, int] | BaseException | None = None
 
     def write(self, data: bytes | memoryview) -> None:
         try:
-            self._proc.stdin.write(data)
+            self._stdin.write(data)
         except BrokenPipeError:
             raise PgBackupError(f"encoding {self.name} failed: {self._said()}") from None
         self.bytes += len(data)
 
+    def splice(self, fd: int, n: int) -> None:
+        """Move ``n`` bytes from the pipe ``fd`` into the encoder's pipe inside the kernel
+        (no copy through this process)."""
+        self._stdin.flush()
+        dst = self._stdin.fileno()
+        left = n
+        try:
+            while left > 0:
+                moved = os.splice(fd, dst, min(left, _READ))
+                if moved == 0:
+                    raise PgBackupError("pg_basebackup's stream ended in the middle of a file")
+                left -= moved
+        except BrokenPipeError:
+            raise PgBackupError(f"encoding {self.name} failed: {self._said()}") from None
+        self.bytes += n
+
     def close(self) -> None:
-        """End the archive; the encoder finishes in the background (see ``result``)."""
-        if not self._proc.stdin.closed:
+        """End the archive; the encoding finishes, then the file is hashed and fsynced, in
+        the background (see ``result``)."""
+        if not self._stdin.closed:
             self.write(_END)
-            self._proc.stdin.close()
+            self._stdin.close()
+            self._finisher = threading.Thread(target=self._finish, name=f"finish {self.name}")
+            self._finisher.start()
+
+    def _finish(self) -> None:
+        try:
+            if any(proc.wait() != 0 for proc in self._procs):
+                return
+            digest = hashlib.sha256()
+            with open(self.path, "rb", buffering=0) as f:
+                while chunk := f.read(_READ):
+                    digest.update(chunk)
+                os.fsync(f.fileno())  # the repository's own fsync then finds nothing to do
+                self._outcome = (digest.hexdigest(), f.tell())
+        except BaseException as exc:  # handed to result()
+            self._outcome = exc
 
     def result(self) -> Encoded:
-        out = self._proc.stdout.read()
-        rc = self._proc.wait()
-        self._proc.stdout.close()
         try:
-            if rc != 0:
-                raise PgBackupError(f"encoding {self.name} failed (exit {rc}): {self._said()}")
-            return Encoded(**json.loads(out))
+            if self._finisher is None:
+                raise PgBackupError(f"encoding {self.name} never ended")
+            self._finisher.join()
+            codes = [proc.wait() for proc in self._procs]
+            if any(codes):
+                failed = ", ".join(str(c) for c in codes)
+                raise PgBackupError(f"encoding {self.name} failed (exit {failed}): {self._said()}")
+            if isinstance(self._outcome, BaseException):
+                raise self._outcome
+            digest, size = self._outcome
+            return Encoded(self.bytes, size, digest, "")
         finally:
-            self._stderr.close()
+            self._close_pipes()
 
     def kill(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait()
-        for f in (self._proc.stdin, self._proc.stdout, self._stderr):
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self._procs:
+            proc.wait()
+        if self._finisher is not None:
+            self._finisher.join()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for f in (self._stdin, self._stderr):
             with contextlib.suppress(OSError):
                 f.close()
 
     def _said(self) -> str:
-        self._proc.wait()
+        for proc in self._procs:
+            proc.wait()
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace").strip()[-1000:]
+
+
+def _encoding(path: Path, codec: Codec, threads: int, err: BinaryIO) -> list[subprocess.Popen]:
+    """The processes that turn a tar archive on stdin into ``path``'s stored form: zstd,
+    then age (or the ``encoder`` module when there is no age command); the first one reads
+    the archive. The stock tools are faster than zstandard and pyrage in a Python process
+    (measured in BENCHMARKS.md, base backup)."""
+    zstd = ["zstd", f"-{codec.level}", f"-T{threads}", "-q", "-f", "--no-progress"]
+    if not codec.recipients:
+        return [subprocess.Popen([*zstd, "-o", str(path)], stdin=subprocess.PIPE, stderr=err)]
+    age = age_command()
+    if age is None:
+        return [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pg_backup_assets.core.storage.encoder",
+                    str(path),
+                    str(codec.level),
+                    str(threads),
+                    *codec.recipients,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        ]
+    compress = subprocess.Popen(
+        [*zstd, "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+    )
+    recipients = [arg for r in codec.recipients for arg in ("-r", r)]
+    encrypt = subprocess.Popen(
+        [age, "-e", *recipients, "-o", str(path)], stdin=compress.stdout, stderr=err
+    )
+    compress.stdout.close()  # age's now: it sees the end when zstd ends
+    return [compress, encrypt]
 
 
 class _Blocks:
     """Exact reads from a pipe, and copies of n bytes on to a writer without a detour."""
 
     def __init__(self, src: BinaryIO):
-        self.src = src
+        self.fd = src.fileno()  # read unbuffered: file contents are spliced from it
         self.buf = b""
         self.pos = 0
         self.count = 0  # bytes consumed from the stream
@@ -128,7 +206,7 @@ class _Blocks:
             parts = [self.buf[self.pos :]]
             have = len(parts[0])
             while have < n:
-                more = self.src.read(max(_READ, n - have))
+                more = os.read(self.fd, max(_READ, n - have))
                 if not more:
                     raise PgBackupError(
                         "pg_basebackup's stream ended in the middle of a tar member"
@@ -141,24 +219,20 @@ class _Blocks:
         self.count += n
         return out
 
-    def copy(self, n: int, write: Callable[[bytes | memoryview], None]) -> None:
+    def copy(self, n: int, part: PartEncoder) -> None:
         take = min(len(self.buf) - self.pos, n)
         if take > 0:
-            write(memoryview(self.buf)[self.pos : self.pos + take])
+            part.write(memoryview(self.buf)[self.pos : self.pos + take])
             self.pos += take
             self.count += take
             n -= take
-        while n > 0:
-            chunk = self.src.read(min(_READ, n))
-            if not chunk:
-                raise PgBackupError("pg_basebackup's stream ended in the middle of a file")
-            write(chunk)
-            self.count += len(chunk)
-            n -= len(chunk)
+        if n > 0:
+            part.splice(self.fd, n)
+            self.count += n
 
     def drain(self) -> None:
         self.buf, self.pos = b"", 0
-        while self.src.read(_READ):
+        while os.read(self.fd, _READ):
             pass
 
 
@@ -229,7 +303,7 @@ class Splitter:
                 target = self._current(padded + BLOCK if regular else 0)
             target.write(pending + block)
             pending = b""
-            stream.copy(padded, target.write)
+            stream.copy(padded, target)
             if regular:
                 target.files.append((name, size))
             else:

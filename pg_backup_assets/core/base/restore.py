@@ -450,12 +450,13 @@ def extract_backup(
             # when it is encrypted), and this process hashes it meanwhile.
             path = local_path(record.key)
             log(f"extracting {record.stored_bytes / 2**20:.0f} MiB (compressed) with tar")
-            rc, failure, stored = extract_local(path, repo.identity_file, tar, err)
+            identity = repo.identity_file if record.encrypted else None
+            rc, failure, stored = extract_local(path, identity, tar, err)
         else:
             with repo.storage.open(record.key) as f:
                 progress = ProgressLog(log, "extracting", record.stored_bytes, every_s=5)
                 stored = HashingReader(f, progress)
-                rc, failure = pipe_into_tar(stored, identities, [*tar, "-", "--zstd"], err, record)
+                rc, failure = pipe_into_tar(stored, identities, [*tar, "-"], err, record)
         try:
             check_stored(repo, record, stored)
             if failure:

@@ -1,9 +1,11 @@
 """Encode stdin into a file (zstd, then age when recipients are given), as a process of its own.
 
-The counterpart of ``decoder``: a base backup in parts is cut from pg_basebackup's stream
-by the backing-up process, and each part is compressed and encrypted here, on a core of
-its own (pyrage holds the GIL while it encrypts). The stored form is the repository's
-``age(zstd(raw))``; the sizes and the stored bytes' sha256 go to stdout as one JSON line::
+The counterpart of ``decoder``, for machines without the age command: a base backup in
+parts is cut from pg_basebackup's stream by the backing-up process, and each part of an
+encrypted backup is compressed and encrypted here, on a core of its own (pyrage holds the
+GIL while it encrypts). The stored form is the repository's ``age(zstd(raw))``; the sizes
+go to stdout as one JSON line (the backing-up process hashes the file itself, as it does
+for the stock tools' output)::
 
     python -m pg_backup_assets.core.storage.encoder OUT LEVEL THREADS [RECIPIENT ...]
 
@@ -30,8 +32,9 @@ def main(argv: list[str]) -> int:
             open(sys.stdin.fileno(), "rb", buffering=BUFFER, closefd=False) as src,
             open(out, "wb", buffering=BUFFER) as dst,
         ):
-            # No sha256 of the raw tar: the manifest has a checksum of every file in it.
-            enc = encode(src, dst, codec, raw_sha256=False)
+            # No sha256 of the raw tar (the manifest has a checksum of every file in it),
+            # nor of the stored bytes (the caller hashes the file it adopts).
+            enc = encode(src, dst, codec, raw_sha256=False, stored_sha256=False)
     except (PgBackupError, OSError) as exc:
         print(f"encoding {out}: {exc}", file=sys.stderr)
         return 1

@@ -368,7 +368,8 @@ def _cmd_restore(args: "argparse.Namespace") -> int:
     if args.delta and done is not None:
         print(
             f"  delta             {done.files_written:,} files written, {done.files_kept:,} "
-            f"kept, {done.files_removed:,} removed"
+            f"kept ({done.files_vouched:,} of them vouched for by the restore record, not "
+            f"read), {done.files_removed:,} removed"
         )
     if result.server:
         print(f"  replay            {result.replay_s:.1f}s")

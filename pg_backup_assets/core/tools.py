@@ -30,6 +30,16 @@ def require_tar_zstd() -> None:
         )
 
 
+@functools.cache
+def require_zstd() -> None:
+    """Parts of base backups are compressed by the zstd command."""
+    if shutil.which("zstd") is None:
+        raise PgBackupError(
+            "base backups in parts are compressed by the zstd command, which was not found: "
+            "install it (Debian: apt-get install zstd), or set base_backup: {layout: single}"
+        )
+
+
 def age_command() -> str | None:
     """The age command, when installed: parts of encrypted base backups are encrypted and
     decrypted by it (faster than pyrage in-process); without it, by Python processes."""

@@ -251,6 +251,19 @@ def test_delta_restore_rewrites_only_what_changed_and_equals_a_full_restore(scen
     restore(scene.repo, scene.cluster, scene.config, stale, Target.parse(None, None), log=quiet)
     (stale / "pg_wal" / "000000010000000000000099").write_bytes(b"old WAL")
     (stale / "base" / "stray-file").write_bytes(b"x")
+    # A file of the unchanged table damaged in place, its size and mtime put back: the
+    # restore record must not vouch for it (its ctime moved), so it is read and rewritten.
+    cold_file = relation_files(scene.primary, "cold")
+    damaged = stale / cold_file
+    before = damaged.stat()
+    with open(damaged, "r+b") as f:
+        f.seek(8192 + 100)
+        byte = f.read(1)
+        f.seek(8192 + 100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(damaged, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert damaged.stat().st_size == before.st_size
+    assert damaged.stat().st_mtime_ns == before.st_mtime_ns
     # A few tables change; the big one does not.
     sql(scene.primary, "UPDATE hot SET v = md5(v)")
     sql(scene.primary, "DELETE FROM warm WHERE id % 2 = 0")
@@ -267,10 +280,16 @@ def test_delta_restore_rewrites_only_what_changed_and_equals_a_full_restore(scen
     assert proc.returncode == 0, proc.stderr
     delta_line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("delta"))
     written = int(delta_line.split()[1].replace(",", ""))
+    kept = int(delta_line.split()[4].replace(",", ""))
+    vouched = int(delta_line.split()[6].strip("(").replace(",", ""))
     changed = changed_files(scene.backup, newer)
     # Exactly the files whose content differs are rewritten: those that changed between the
-    # backups, pg_control (always), and postgresql.auto.conf (the first restore added to it).
-    assert written == len(changed | {"global/pg_control", "postgresql.auto.conf"})
+    # backups, pg_control (always), postgresql.auto.conf (the first restore added to it),
+    # and the file damaged in place.
+    assert cold_file not in changed
+    assert written == len(changed | {"global/pg_control", "postgresql.auto.conf", cold_file})
+    # Every kept file was vouched for by the first restore's record: none was read.
+    assert vouched == kept > 0, delta_line
     total = sum(len(p.files) for p in newer.parts)
     assert written < total // 5, (written, total)
     assert relation_files(scene.primary, "hot") in changed

@@ -42,6 +42,7 @@ from pg_backup_assets.core.postgres.client import (
 from pg_backup_assets.core.progress import Log, ProgressLog
 from pg_backup_assets.core.storage.base import CHUNK
 from pg_backup_assets.core.storage.repository import ObjectRecord, Repository
+from pg_backup_assets.core.tools import require_zstd
 from pg_backup_assets.core.wal.names import format_lsn, parse_lsn
 
 
@@ -184,6 +185,7 @@ def _store_parts(
 ) -> tuple[dict[str, ObjectRecord], tuple[Part, ...], str, bytes]:
     """pg_basebackup's plain tar stream cut into parts, each encoded by a process of its
     own and stored; (objects, the index, its checksum algorithm, the manifest)."""
+    require_zstd()  # before pg_basebackup starts
     threads = encoder_threads()
     splitter = Splitter(
         lambda name: PartEncoder(name, staging, repo.codec, threads), layout.part_size_mib << 20

@@ -12,6 +12,7 @@ restore did not finish cannot be started.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ import pyrage
 
 from pg_backup_assets.core.catalog import CONTROL_FILE, BaseBackup
 from pg_backup_assets.core.errors import CommandError, IntegrityError, NotFoundError, PgBackupError
+from pg_backup_assets.core.postgres.local_cluster import hand_over
 from pg_backup_assets.core.progress import Log
 from pg_backup_assets.core.storage.codec import HashingReader
 from pg_backup_assets.core.storage.repository import ObjectRecord, Repository
@@ -45,6 +47,7 @@ class ExtractStats:
     files_written: int = 0
     bytes_written: int = 0
     files_kept: int = 0
+    files_vouched: int = 0  # delta: kept without being read (the restore record vouches)
     files_removed: int = 0
     rewritten: list[str] = field(default_factory=list)  # delta: the files written anew
 
@@ -80,8 +83,9 @@ def extract_parts(
     stats = ExtractStats(parts=len(backup.parts))
     control = [p for p in backup.parts if p.control]
     data = [p for p in backup.parts if not p.control]
+    record = take_record(to, backup)  # from here on the files change: it is gone
     if delta:
-        members = _plan_delta(backup, to, log, stats, workers)
+        members = _plan_delta(backup, to, log, stats, workers, record)
     else:
         members = {p.name: None for p in data}
         stats.files_written = sum(len(p.files) for p in data)
@@ -349,7 +353,12 @@ def system_identifier(data: Path) -> str | None:
 
 
 def _plan_delta(
-    backup: BaseBackup, to: Path, log: Log, stats: ExtractStats, workers: int
+    backup: BaseBackup,
+    to: Path,
+    log: Log,
+    stats: ExtractStats,
+    workers: int,
+    record: dict[str, list],
 ) -> dict[str, list[str]]:
     """Compare ``to`` with the backup's index: remove what the backup lacks, and return for
     each data part the members to extract (files that differ or are missing, and
@@ -403,9 +412,17 @@ def _plan_delta(
             else:
                 os.unlink(os.path.join(root, name))
                 stats.files_removed += 1
+    vouched = {rel for rel in present if _vouched(to / rel, record.get(rel))}
+    read = [rel for rel in present if rel not in vouched]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        same = list(pool.map(lambda rel: _unchanged(to / rel, *index[rel][:2]), present))
-    kept = {rel for rel, ok in zip(present, same, strict=True) if ok}
+        same = list(pool.map(lambda rel: _unchanged(to / rel, *index[rel][:2]), read))
+    kept = {rel for rel, ok in zip(read, same, strict=True) if ok}
+    for rel in vouched:  # the content it was restored with: the checksum says
+        size, checksum, _ = index[rel]
+        entry = record[rel]
+        if entry[2] == size and str(entry[5]).lower() == checksum.lower():
+            kept.add(rel)
+            stats.files_vouched += 1
     members: dict[str, list[str]] = {p.name: [] for p in backup.parts if not p.control}
     for path, (size, _, part) in index.items():
         if path in kept:
@@ -421,8 +438,9 @@ def _plan_delta(
         if not (to / d).is_dir():
             members[part].append(member)
     log(
-        f"delta: {len(kept):,} files match the backup, {stats.files_written:,} to write, "
-        f"{stats.files_removed:,} removed (not in the backup)"
+        f"delta: {len(kept):,} files match the backup ({stats.files_vouched:,} of them "
+        f"vouched for by the last restore's record, not read), {stats.files_written:,} to "
+        f"write, {stats.files_removed:,} removed (not in the backup)"
     )
     return members
 
@@ -440,3 +458,114 @@ def _unchanged(path: Path, size: int, checksum: str) -> bool:
     except OSError:
         return False
     return crc.digest()[::-1].hex() == checksum.lower()
+
+
+# -- the restore record ----------------------------------------------------------------------
+# What a restore leaves next to the folder it restored (in ``.<folder>.run/``), so that a
+# later delta restore need not read every file again: for each file written from the
+# backup, its device, inode, size, mtime and ctime as the restore left them, and the
+# CRC32C of its content (the backup's, from the index). A file that still has all five is
+# the file the restore wrote: any write since, and any rename or copy over it, changes its
+# ctime (which no program can set back) or its inode. Files the restore changed after
+# extracting them (postgresql.auto.conf) are not in the record; and it is written only
+# once the clock has moved past every ctime in it, so that a change in the same clock tick
+# cannot keep one. Without a valid record (none, another folder, the clock went back), a
+# delta restore reads and checksums every file, as pgBackRest's --delta does.
+RECORD = "restored.json"
+_RECORD_FORMAT = 1
+_TICK_NS = 50_000_000  # beyond the kernel's coarse clock, which file times come from
+
+
+def run_dir(to: Path) -> Path:
+    """The folder next to a restored data directory for what the restore keeps outside it
+    (the WAL spool, the restore record, a started server's socket)."""
+    return to.parent / f".{to.name}.run"
+
+
+def file_stats(to: Path, backup: BaseBackup) -> dict[str, list[int]]:
+    """[device, inode, size, mtime_ns, ctime_ns] of each file of the backup's index in
+    ``to`` (the restore takes them right after extracting)."""
+    out: dict[str, list[int]] = {}
+    for part in backup.parts:
+        for path, _, _ in part.files:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(to / path)
+                out[path] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return out
+
+
+def write_record(to: Path, backup: BaseBackup, extracted: dict[str, list[int]], log: Log) -> int:
+    """Write the restore record of ``to``: the files whose device, inode, size and mtime
+    are still those ``file_stats`` saw right after the extraction; how many."""
+    checksums = {path: c for part in backup.parts for path, _, c in part.files}
+    now = file_stats(to, backup)
+    files = {
+        path: [*now[path], checksums[path]]
+        for path, then in extracted.items()
+        if path in now and now[path][:4] == then[:4] and checksums[path]
+    }
+    if files:
+        newest = max(f[4] for f in files.values())
+        coarse = all(f[4] % 1_000_000_000 == 0 for f in files.values())  # 1 s timestamps
+        until = newest + (1_000_000_000 if coarse else 0) + _TICK_NS
+        while (wait := until - time.time_ns()) > 0:
+            time.sleep(wait / 1e9)
+    folder = to.stat()
+    doc = {
+        "format": _RECORD_FORMAT,
+        "backup": backup.label,
+        "system_identifier": backup.system_identifier,
+        "data_dir": [folder.st_dev, folder.st_ino],
+        "written_ns": time.time_ns(),
+        "files": files,
+    }
+    where = run_dir(to)
+    tmp = where / f"{RECORD}.tmp-{os.getpid()}"
+    try:
+        if not where.is_dir():
+            where.mkdir()
+            hand_over(where)  # the restored server keeps its socket and log there
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, where / RECORD)
+    except OSError as exc:  # the restore stands; a later --delta reads every file
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        log(f"no restore record written ({exc}): a later --delta will read every file")
+        return 0
+    return len(files)
+
+
+def take_record(to: Path, backup: BaseBackup) -> dict[str, list]:
+    """The restore record of ``to`` when it is valid for it and ``backup``'s cluster (else
+    nothing), removed: the files are about to change."""
+    path = run_dir(to) / RECORD
+    try:
+        doc = json.loads(path.read_text())
+        path.unlink()
+    except (OSError, ValueError):
+        return {}
+    folder = to.stat()
+    valid = (
+        isinstance(doc, dict)
+        and doc.get("format") == _RECORD_FORMAT
+        and doc.get("data_dir") == [folder.st_dev, folder.st_ino]
+        and doc.get("system_identifier") == backup.system_identifier
+        and isinstance(doc.get("written_ns"), int)
+        and doc["written_ns"] <= time.time_ns()  # else the clock went back: trust nothing
+        and isinstance(doc.get("files"), dict)
+    )
+    return doc["files"] if valid else {}
+
+
+def _vouched(path: Path, entry: list | None) -> bool:
+    """Is ``path`` still the very file the record describes?"""
+    if not isinstance(entry, list) or len(entry) != 6:
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] == entry[:5]

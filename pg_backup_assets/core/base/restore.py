@@ -22,8 +22,11 @@ from pg_backup_assets.core.base.extract import (
     check_stored,
     extract_local,
     extract_parts,
+    file_stats,
     pipe_into_tar,
+    run_dir,
     tar_failed,
+    write_record,
 )
 from pg_backup_assets.core.base.extract import empty_folder as _empty
 from pg_backup_assets.core.catalog import BaseBackup, find_restore_point, list_base_backups
@@ -231,6 +234,7 @@ def restore(
         _empty(to)
     to.mkdir(parents=True, exist_ok=True)
     extracted = extract_backup(repo, backup, to, log, workers, delta)
+    as_extracted = file_stats(to, backup)  # what the restore record vouches for, later
     with open(to / "backup_manifest", "wb") as f:
         repo.read_into(backup.objects["backup_manifest"], f)
     fetch_extract_s = time.monotonic() - t0
@@ -242,7 +246,7 @@ def restore(
         Prefetcher(
             repo,
             wal_to_replay(listing, backup.start_lsn, needed_to),
-            _run_dir(to) / "wal-spool",
+            run_dir(to) / "wal-spool",
             own=hand_over,
             absent=absent_histories(listing),
         )
@@ -266,6 +270,8 @@ def restore(
         os.chmod(to, 0o700)
         # What tar wrote sits in the page cache: make it durable before saying "restored".
         subprocess.run(["sync", "-f", str(to)], check=False)
+        if backup.parts:  # a later --delta reads only what changed since
+            write_record(to, backup, as_extracted, log)
         result = RestoreResult(
             backup,
             target,
@@ -296,11 +302,6 @@ def restore(
         )
     result.wal_taken_ahead = prefetch.taken  # known once the spool is closed
     return result
-
-
-def _run_dir(to: Path) -> Path:
-    """Where a restored copy started by ``restore`` keeps its log, socket and WAL spool."""
-    return to.parent / f".{to.name}.run"
 
 
 def _unspool_restore_command(to: Path, spooled: str, plain: str) -> None:
@@ -497,7 +498,7 @@ def _start_and_wait(
     wal_folders: list[Path],
 ) -> None:
     to = result.data_dir
-    server = LocalCluster(_run_dir(to), major=result.backup.pg_major, data=to)
+    server = LocalCluster(run_dir(to), major=result.backup.pg_major, data=to)
     server.adopt(owned=True)  # restore() handed the folder over
     if not server.readable_by_server(Path(config_path)):
         raise PgBackupError(

@@ -184,9 +184,11 @@ def test_the_printed_archive_command_answers_a_pushed_segment_in_the_shell(archi
     answers 0 for segments the real pusher made durable, and leaves a segment it did not
     push (or one replaced since) to wal-push."""
     cluster, _ = archiving
-    segments = real_segments(cluster, 3)
-    first, second, third = segments
+    segments = real_segments(cluster, 4)
+    first, second, third, fourth = segments
     data = data_dir(workdir / "data", {first: segments[first], second: segments[second]})
+    # A live "server" (this process): the pusher stays for more work instead of leaving.
+    (data / "postmaster.pid").write_text(f"{os.getpid()}\n")
     config = async_config(workdir, "async.yaml")
     printed = pgbackup("archive-command", config=config)
     assert printed.returncode == 0, printed.stderr
@@ -206,6 +208,14 @@ def test_the_printed_archive_command_answers_a_pushed_segment_in_the_shell(archi
         return as_server_user(["sh", "-c", command], check=False, cwd=data).returncode
 
     assert run(first) == 0 and run(second) == 0
+    # A segment marked ready while the pusher runs: the shell pokes the pusher and sleeps
+    # in a read of its done FIFO until the push is finished (no wal-push: exit 0).
+    assert (spool / "done").is_fifo()
+    (data / "pg_wal" / fourth).write_bytes(segments[fourth])
+    (data / "pg_wal" / "archive_status" / f"{fourth}.ready").touch()
+    hand_over_tree(data)
+    assert run(fourth) == 0
+    assert (spool / f"{fourth}.ok").exists()
     (data / "pg_wal" / third).write_bytes(segments[third])
     assert run(third) == 9  # never pushed: wal-push's to decide
     (data / "pg_wal" / second).unlink()

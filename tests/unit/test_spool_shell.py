@@ -102,11 +102,17 @@ def test_a_key_outside_the_repository_goes_on_to_wal_push(setup, key):
 
 
 class FakePusher:
-    """What the shell sees of a running pusher: its lock held and its wake FIFO read."""
+    """What the shell sees of a running pusher: its lock held, its wake FIFO read, and its
+    done FIFO held open, a byte written into it for each push it finishes. ``done=False``:
+    a pusher from before the done FIFO."""
 
-    def __init__(self, spool: Path):
+    def __init__(self, spool: Path, done: bool = True):
         os.mkfifo(spool / sp.WAKE)
         self.rfd = os.open(spool / sp.WAKE, os.O_RDONLY | os.O_NONBLOCK)
+        self.dfd = None
+        if done:
+            os.mkfifo(spool / sp.DONE)
+            self.dfd = os.open(spool / sp.DONE, os.O_RDWR | os.O_NONBLOCK)
         self.lock = os.open(spool / sp.LOCK, os.O_RDWR | os.O_CREAT)
         fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
@@ -116,8 +122,14 @@ class FakePusher:
         except BlockingIOError:
             return False
 
+    def finished(self) -> None:
+        """A push finished (this call's file or another one)."""
+        os.write(self.dfd, b".")
+
     def close(self) -> None:
-        os.close(self.lock)
+        os.close(self.lock)  # the lock first, as pusher.main does
+        if self.dfd is not None:
+            os.close(self.dfd)
         os.close(self.rfd)
 
 
@@ -127,17 +139,61 @@ def later(seconds: float, action) -> threading.Thread:  # noqa: ANN001
     return t
 
 
+def timed_archive(data: Path, repo: Path, spool: Path) -> tuple[int, float]:
+    t0 = time.monotonic()
+    rc = archive(data, repo, spool)
+    return rc, time.monotonic() - t0
+
+
 def test_a_running_pusher_is_poked_and_waited_for(setup):
     data, repo, spool = setup
     (spool / f"{NAME}.ok").unlink()
     pusher = FakePusher(spool)
     try:
-        done = later(0.3, lambda: write_ok(data, spool))
+        # Another file finished first: the call reads that byte and goes on waiting.
+        other = later(0.2, pusher.finished)
+        done = later(0.5, lambda: (write_ok(data, spool), pusher.finished()))
         assert archive(data, repo, spool) == 0  # the .ok came while the shell waited
+        other.join()
         done.join()
         assert pusher.poked()
     finally:
         pusher.close()
+
+
+def test_the_wait_sleeps_in_a_read_not_in_clock_ticks(setup):
+    """Between two finished pushes the waiting call runs no process but one ``timeout``
+    and its ``dd``, sleeping in a read of the done FIFO (no ``sleep`` ticks)."""
+    data, repo, spool = setup
+    (spool / f"{NAME}.ok").unlink()
+    pusher = FakePusher(spool)
+    try:
+        done = later(1.0, lambda: (write_ok(data, spool), pusher.finished()))
+        proc = subprocess.Popen(["sh", "-c", command(repo, spool)], cwd=data)
+        time.sleep(0.5)
+        below = descendants(proc.pid)
+        assert proc.wait(timeout=5) == 0
+        done.join()
+        assert [c for c in below if c != "sh"] == ["timeout", "dd"], below
+    finally:
+        pusher.close()
+
+
+def descendants(pid: int) -> list[str]:
+    """The commands of every process below ``pid``, parents first."""
+    rows = subprocess.run(
+        ["ps", "-e", "-o", "pid=,ppid=,comm="], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    children: dict[int, list[tuple[int, str]]] = {}
+    for row in rows:
+        child, parent, comm = row.split(None, 2)
+        children.setdefault(int(parent), []).append((int(child), comm.strip()))
+    out, todo = [], [pid]
+    while todo:
+        for child, comm in children.get(todo.pop(0), []):
+            out.append(comm)
+            todo.append(child)
+    return out
 
 
 def test_a_push_that_failed_goes_on_to_wal_push_at_once(setup):
@@ -145,9 +201,12 @@ def test_a_push_that_failed_goes_on_to_wal_push_at_once(setup):
     (spool / f"{NAME}.ok").unlink()
     pusher = FakePusher(spool)
     try:
-        failed = later(0.2, lambda: sp.write_status(str(spool), NAME, "error", "x\nrepo full"))
+        failed = later(
+            0.2,
+            lambda: (sp.write_status(str(spool), NAME, "error", "x\nrepo full"), pusher.finished()),
+        )
         # (Had the shell waited on past the error, this .ok would have made it answer 0.)
-        retried = later(1.0, lambda: write_ok(data, spool))
+        retried = later(1.0, lambda: (write_ok(data, spool), pusher.finished()))
         assert archive(data, repo, spool) == 7  # wal-push reports the pusher's reason
         failed.join()
         retried.join()
@@ -159,6 +218,7 @@ def test_without_a_running_pusher_wal_push_starts_one_at_once(setup):
     data, repo, spool = setup
     (spool / f"{NAME}.ok").unlink()
     os.mkfifo(spool / sp.WAKE)  # left by an earlier pusher; its lock is free
+    os.mkfifo(spool / sp.DONE)
     # (Had the shell waited, this .ok would have made it answer 0.)
     written = later(1.0, lambda: write_ok(data, spool))
     assert archive(data, repo, spool) == 7
@@ -173,9 +233,38 @@ def test_a_pusher_that_dies_meanwhile_is_left_to_wal_push_to_replace(setup):
     data, repo, spool = setup
     (spool / f"{NAME}.ok").unlink()
     pusher = FakePusher(spool)
-    died = later(0.2, pusher.close)  # its lock goes with it
+    died = later(0.2, pusher.close)  # its lock and its end of the done FIFO go with it
     # (Had the shell waited on for the dead pusher, this .ok would have made it answer 0.)
     written = later(1.5, lambda: write_ok(data, spool))
-    assert archive(data, repo, spool) == 7
+    assert archive(data, repo, spool) == 7  # at once, not after QUIET seconds
     died.join()
     written.join()
+
+
+def test_a_pusher_that_finishes_nothing_for_two_seconds_is_left_to_wal_push(setup):
+    data, repo, spool = setup
+    (spool / f"{NAME}.ok").unlink()
+    pusher = FakePusher(spool)
+    try:
+        # (Had the shell waited on, this .ok would have made it answer 0.)
+        written = later(3.5, lambda: (write_ok(data, spool), pusher.finished()))
+        rc, took = timed_archive(data, repo, spool)
+        assert rc == 7
+        assert took >= 1.9  # QUIET seconds; had it waited past 3.5 s, the .ok made it 0
+        written.join()
+    finally:
+        pusher.close()
+
+
+def test_a_pusher_without_the_done_fifo_is_left_to_wal_push(setup):
+    """A pusher started by an older version (no done FIFO): wal-push waits for it."""
+    data, repo, spool = setup
+    (spool / f"{NAME}.ok").unlink()
+    pusher = FakePusher(spool, done=False)
+    try:
+        written = later(1.0, lambda: write_ok(data, spool))
+        assert archive(data, repo, spool) == 7
+        written.join()
+        assert not (spool / sp.DONE).exists()
+    finally:
+        pusher.close()

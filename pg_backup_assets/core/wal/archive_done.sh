@@ -7,12 +7,15 @@
 # "Durable" is the check spool.is_durable makes: SPOOL/<name>.ok names the very file asked
 # about (device, inode, size, mtime and ctime, as GNU stat prints them) and an object of the
 # repository that has the size it was written with. While a pusher runs (it holds
-# SPOOL/pusher.lock) and has not failed this file, the call pokes it and waits for it up to
-# WAIT_TICKS x 10 ms, instead of paying for an interpreter that would only wait too; it
-# looks at the lock every 100 ms, so a pusher that died is replaced (by wal-push) at once.
+# SPOOL/pusher.lock) and has not failed this file, the call pokes it and waits for it: the
+# pusher writes a byte into the FIFO SPOOL/done each time it finishes a push, so the call
+# sleeps in a read until then, not in clock ticks. A pusher that dies closes that FIFO (the
+# read ends at once) and is replaced by wal-push; so is one that finishes nothing for QUIET
+# seconds.
 spool=$1 repo=$2 path=$3 name=$4
 shift 4
-WAIT_TICKS=200
+WAKES=64 # finished pushes waited through, at most
+QUIET=2
 
 durable() {
 	[ -f "$spool/$name.ok" ] && read -r k n i <"$spool/$name.ok" || return 1
@@ -27,15 +30,17 @@ pusher_runs() { # it holds its lock
 	[ $? -eq 75 ]
 }
 
-if [ -p "$spool/wake" ] && [ ! -f "$spool/$name.error" ] && pusher_runs; then
+if [ -p "$spool/done" ] && [ -p "$spool/wake" ] && [ ! -f "$spool/$name.error" ] && pusher_runs; then
 	printf . | dd of="$spool/wake" oflag=nonblock status=none 2>/dev/null
-	t=1
-	while [ $t -le $WAIT_TICKS ]; do
-		sleep 0.01
+	t=0
+	while [ $t -lt $WAKES ]; do
+		# One read: the bytes of the pushes finished since the last one (at least one), or
+		# the end of the FIFO (the pusher is gone).
+		timeout $QUIET dd if="$spool/done" of=/dev/null bs=512 count=1 status=none 2>/dev/null
+		[ $? -eq 124 ] && break
 		durable && exit 0
 		[ -f "$spool/$name.error" ] && break
-		# A pusher that died (killed, crashed): wal-push starts the next one.
-		[ $((t % 10)) -eq 0 ] && ! pusher_runs && break
+		pusher_runs || break
 		t=$((t + 1))
 	done
 fi

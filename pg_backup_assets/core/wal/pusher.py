@@ -50,15 +50,20 @@ class Pusher:
         self.repo = sp.repository(settings)
         self.config_stamp = _stamp(settings.config)
         self.pushed = self.failed = 0
+        self.done_fd: int | None = None
 
     def run(self) -> int:
-        wake = os.path.join(self.spool, sp.WAKE)
-        if not os.path.exists(wake):
-            os.mkfifo(wake, 0o600)
+        wake, done = (os.path.join(self.spool, n) for n in (sp.WAKE, sp.DONE))
+        for fifo in (wake, done):
+            if not os.path.exists(fifo):
+                os.mkfifo(fifo, 0o600)
         # Reading end for the waits; a writing end of our own, so the FIFO never reads as
         # closed, through which the workers also say "done".
         rfd = os.open(wake, os.O_RDONLY | os.O_NONBLOCK)
         wfd = os.open(wake, os.O_WRONLY | os.O_NONBLOCK)
+        # Held open (read-write: never blocks) while this pusher runs: a byte per finished
+        # push for the calls waiting in a read of it (closed by main(), after the lock).
+        self.done_fd = dfd = os.open(done, os.O_RDWR | os.O_NONBLOCK)
         parallel = self.settings.parallel
         log(f"started for cluster {self.cluster} ({parallel} workers, {self.wal_dir})")
         swept = self._sweep_temporary()
@@ -82,7 +87,7 @@ class Pusher:
                     in_flight[name] = workers.submit(self._push, name)
                     # "Done" once the future is: a poke sent from inside the push could
                     # wake this loop while the future still counts as running.
-                    in_flight[name].add_done_callback(lambda _f: _poke(wfd))
+                    in_flight[name].add_done_callback(lambda _f: (_poke(wfd), _poke(dfd)))
                 now = time.monotonic()
                 if in_flight or todo:
                     idle_since = now
@@ -218,7 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         wal_dir = os.path.abspath(args.wal_dir)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {wal_dir}\n".encode())  # who holds it, for which pg_wal
-        return Pusher(settings, cluster, wal_dir).run()
+        pusher = Pusher(settings, cluster, wal_dir)
+        try:
+            return pusher.run()
+        finally:
+            # The lock first: a call whose read of "done" ends then finds no pusher running,
+            # and has wal-push start the next one at once.
+            os.close(fd)
+            if pusher.done_fd is not None:
+                os.close(pusher.done_fd)
     except PgBackupError as exc:
         log(f"cannot run: {_one_line(exc)}")
         return 1

@@ -10,6 +10,9 @@ pusher and the calls tell each other lives in ``<spool_dir>/<cluster>/``::
     pusher.lock       flock held by the running pusher (the kernel drops it when it dies)
     pusher.log        what the pushers said: start, stop, every failed push
     wake              a FIFO: a waiting call pokes the pusher through it
+    done              a FIFO the pusher holds open and writes a byte into after each push
+                      it finishes: the shell side of a call (archive_done.sh) sleeps in a
+                      read of it while it waits (end of file: the pusher is gone)
     <name>.ok         the file is durable: its object's key and stored size, and the
                       identity (device, inode, size, mtime, ctime) of the file pushed
     <name>.error      the push failed: the reason, one line
@@ -34,6 +37,7 @@ POLL_MAX_S = 0.004  # the longest sleep between two looks at the spool
 LOCK = "pusher.lock"
 LOG = "pusher.log"
 WAKE = "wake"
+DONE = "done"
 LOG_MAX_BYTES = 1 << 20
 
 

@@ -371,24 +371,8 @@ def test_without_the_age_command_python_processes_encode_and_decode_the_same_for
     monkeypatch.setattr(extract, "age_command", no_age)
     # The newest backup (written by the age command) read by the decoder module.
     newest = list_base_backups(scene.repo, "main")[-1]
-    by_module = scene.workdir / "by-module"
-    result = restore(
-        scene.repo,
-        scene.cluster,
-        scene.config,
-        by_module,
-        Target.parse(None, None),
-        start=True,
-        log=quiet,
-        workers=2,
-    )
-    try:
-        want = contents(scene.primary.dsn())
-        assert result.backup.label == newest.label
-        assert contents(result.dsn()) == want
-    finally:
-        result.server.stop()
-    shutil.rmtree(by_module)
+    want = contents(scene.primary.dsn())
+    assert restored(scene, "by-module") == (newest.label, want)
     assert len(asked) >= len(newest.parts)
     # A backup encrypted by the encoder module, read by the age command.
     cfg = load_config(scene.config)
@@ -400,23 +384,26 @@ def test_without_the_age_command_python_processes_encode_and_decode_the_same_for
     monkeypatch.undo()
     if shutil.which("age") is None:
         pytest.skip("the age command is not installed: its half of the exchange is untested")
-    by_age = scene.workdir / "by-age"
+    assert restored(scene, "by-age") == (encoded.label, want)
+
+
+def restored(scene: Scene, folder: str) -> tuple[str, dict[str, tuple[int, str]]]:
+    """Restore the newest backup into ``folder``, start it: (its label, its tables)."""
     result = restore(
         scene.repo,
         scene.cluster,
         scene.config,
-        by_age,
+        scene.workdir / folder,
         Target.parse(None, None),
         start=True,
         log=quiet,
         workers=2,
     )
     try:
-        assert result.backup.label == encoded.label
-        assert contents(result.dsn()) == want
+        return result.backup.label, contents(result.dsn())
     finally:
         result.server.stop()
-    shutil.rmtree(by_age)
+        shutil.rmtree(scene.workdir / folder)
 
 
 def test_a_single_stream_backup_still_restores(archiving, workdir):

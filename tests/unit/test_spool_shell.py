@@ -127,10 +127,22 @@ class FakePusher:
         os.write(self.dfd, b".")
 
     def close(self) -> None:
+        if self.lock < 0:
+            return
         os.close(self.lock)  # the lock first, as pusher.main does
         if self.dfd is not None:
             os.close(self.dfd)
         os.close(self.rfd)
+        self.lock = -1
+
+
+@pytest.fixture
+def pusher(setup: tuple[Path, Path, Path]):  # noqa: ANN201
+    """A running (fake) pusher, and no status yet for the file."""
+    (setup[2] / f"{NAME}.ok").unlink()
+    running = FakePusher(setup[2])
+    yield running
+    running.close()
 
 
 def later(seconds: float, action) -> threading.Thread:  # noqa: ANN001
@@ -145,38 +157,28 @@ def timed_archive(data: Path, repo: Path, spool: Path) -> tuple[int, float]:
     return rc, time.monotonic() - t0
 
 
-def test_a_running_pusher_is_poked_and_waited_for(setup):
+def test_a_running_pusher_is_poked_and_waited_for(setup, pusher):
     data, repo, spool = setup
-    (spool / f"{NAME}.ok").unlink()
-    pusher = FakePusher(spool)
-    try:
-        # Another file finished first: the call reads that byte and goes on waiting.
-        other = later(0.2, pusher.finished)
-        done = later(0.5, lambda: (write_ok(data, spool), pusher.finished()))
-        assert archive(data, repo, spool) == 0  # the .ok came while the shell waited
-        other.join()
-        done.join()
-        assert pusher.poked()
-    finally:
-        pusher.close()
+    # Another file finished first: the call reads that byte and goes on waiting.
+    other = later(0.2, pusher.finished)
+    done = later(0.5, lambda: (write_ok(data, spool), pusher.finished()))
+    assert archive(data, repo, spool) == 0  # the .ok came while the shell waited
+    other.join()
+    done.join()
+    assert pusher.poked()
 
 
-def test_the_wait_sleeps_in_a_read_not_in_clock_ticks(setup):
+def test_the_wait_sleeps_in_a_read_not_in_clock_ticks(setup, pusher):
     """Between two finished pushes the waiting call runs no process but one ``timeout``
     and its ``dd``, sleeping in a read of the done FIFO (no ``sleep`` ticks)."""
     data, repo, spool = setup
-    (spool / f"{NAME}.ok").unlink()
-    pusher = FakePusher(spool)
-    try:
-        done = later(1.0, lambda: (write_ok(data, spool), pusher.finished()))
-        proc = subprocess.Popen(["sh", "-c", command(repo, spool)], cwd=data)
-        time.sleep(0.5)
-        below = descendants(proc.pid)
-        assert proc.wait(timeout=5) == 0
-        done.join()
-        assert [c for c in below if c != "sh"] == ["timeout", "dd"], below
-    finally:
-        pusher.close()
+    done = later(1.0, lambda: (write_ok(data, spool), pusher.finished()))
+    proc = subprocess.Popen(["sh", "-c", command(repo, spool)], cwd=data)
+    time.sleep(0.5)
+    below = descendants(proc.pid)
+    assert proc.wait(timeout=5) == 0
+    done.join()
+    assert [c for c in below if c != "sh"] == ["timeout", "dd"], below
 
 
 def descendants(pid: int) -> list[str]:
@@ -196,22 +198,17 @@ def descendants(pid: int) -> list[str]:
     return out
 
 
-def test_a_push_that_failed_goes_on_to_wal_push_at_once(setup):
+def test_a_push_that_failed_goes_on_to_wal_push_at_once(setup, pusher):
     data, repo, spool = setup
-    (spool / f"{NAME}.ok").unlink()
-    pusher = FakePusher(spool)
-    try:
-        failed = later(
-            0.2,
-            lambda: (sp.write_status(str(spool), NAME, "error", "x\nrepo full"), pusher.finished()),
-        )
-        # (Had the shell waited on past the error, this .ok would have made it answer 0.)
-        retried = later(1.0, lambda: (write_ok(data, spool), pusher.finished()))
-        assert archive(data, repo, spool) == 7  # wal-push reports the pusher's reason
-        failed.join()
-        retried.join()
-    finally:
-        pusher.close()
+    failed = later(
+        0.2,
+        lambda: (sp.write_status(str(spool), NAME, "error", "x\nrepo full"), pusher.finished()),
+    )
+    # (Had the shell waited on past the error, this .ok would have made it answer 0.)
+    retried = later(1.0, lambda: (write_ok(data, spool), pusher.finished()))
+    assert archive(data, repo, spool) == 7  # wal-push reports the pusher's reason
+    failed.join()
+    retried.join()
 
 
 def test_without_a_running_pusher_wal_push_starts_one_at_once(setup):
@@ -229,10 +226,8 @@ def test_without_a_running_pusher_wal_push_starts_one_at_once(setup):
     os.close(fd)
 
 
-def test_a_pusher_that_dies_meanwhile_is_left_to_wal_push_to_replace(setup):
+def test_a_pusher_that_dies_meanwhile_is_left_to_wal_push_to_replace(setup, pusher):
     data, repo, spool = setup
-    (spool / f"{NAME}.ok").unlink()
-    pusher = FakePusher(spool)
     died = later(0.2, pusher.close)  # its lock and its end of the done FIFO go with it
     # (Had the shell waited on for the dead pusher, this .ok would have made it answer 0.)
     written = later(1.5, lambda: write_ok(data, spool))
@@ -241,19 +236,14 @@ def test_a_pusher_that_dies_meanwhile_is_left_to_wal_push_to_replace(setup):
     written.join()
 
 
-def test_a_pusher_that_finishes_nothing_for_two_seconds_is_left_to_wal_push(setup):
+def test_a_pusher_that_finishes_nothing_for_two_seconds_is_left_to_wal_push(setup, pusher):
     data, repo, spool = setup
-    (spool / f"{NAME}.ok").unlink()
-    pusher = FakePusher(spool)
-    try:
-        # (Had the shell waited on, this .ok would have made it answer 0.)
-        written = later(3.5, lambda: (write_ok(data, spool), pusher.finished()))
-        rc, took = timed_archive(data, repo, spool)
-        assert rc == 7
-        assert took >= 1.9  # QUIET seconds; had it waited past 3.5 s, the .ok made it 0
-        written.join()
-    finally:
-        pusher.close()
+    # (Had the shell waited on, this .ok would have made it answer 0.)
+    written = later(3.5, lambda: (write_ok(data, spool), pusher.finished()))
+    rc, took = timed_archive(data, repo, spool)
+    assert rc == 7
+    assert took >= 1.9  # QUIET seconds; had it waited past 3.5 s, the .ok made it 0
+    written.join()
 
 
 def test_a_pusher_without_the_done_fifo_is_left_to_wal_push(setup):

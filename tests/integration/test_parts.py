@@ -304,19 +304,38 @@ def test_delta_restore_rewrites_only_what_changed_and_equals_a_full_restore(scen
     assert tree(stale) == tree(full)
     mismatched = [p for p in tree(full) if not filecmp.cmp(stale / p, full / p, shallow=False)]
     assert mismatched == []
-    shutil.rmtree(full)
 
-    # And it starts, holding what the newer backup holds.
-    hand_over_tree(stale)
-    os.chmod(stale, 0o700)
+    # And it starts, holding what the newer backup holds (restore handed it over: owning
+    # it again would move every file's ctime, and the record would vouch for none).
     copy = LocalCluster(scene.workdir / ".stale.run", major=15, data=stale)
-    copy.adopt()
+    copy.adopt(owned=True)
     copy.start()
     try:
         copy.wait_ready()
         assert contents(copy.dsn()) == expected
+        sql(copy, "CREATE TABLE written_by_the_copy AS SELECT 1 AS x")
+        sql(copy, "CHECKPOINT")
     finally:
         copy.stop(mode="immediate")
+
+    # The copy ran: the files its server wrote are not the restored ones any more. A
+    # delta restore reads them (the record vouches only for the others) and makes the copy
+    # the backup again, file for file.
+    again = restore(
+        scene.repo,
+        scene.cluster,
+        scene.config,
+        stale,
+        Target.parse(None, None),
+        log=quiet,
+        delta=True,
+    ).extracted
+    assert 0 < again.files_vouched < again.files_kept
+    assert again.files_written >= 2 and again.files_removed >= 1  # the new table's files
+    assert tree(stale) == tree(full)
+    mismatched = [p for p in tree(full) if not filecmp.cmp(stale / p, full / p, shallow=False)]
+    assert mismatched == []
+    shutil.rmtree(full)
     shutil.rmtree(stale)
 
 

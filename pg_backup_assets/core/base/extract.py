@@ -271,24 +271,19 @@ def extract_local(
         decoder = unzstd = None
     else:
         age = age_command()
-        if age is not None:
-            decoder = subprocess.Popen(
-                [age, "-d", "-i", str(identity_file), str(path)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
+        module = "pg_backup_assets.core.storage.decoder"
+        decoder = subprocess.Popen(
+            [age, "-d", "-i", str(identity_file), str(path)]
+            if age is not None
+            else [sys.executable, "-m", module, str(identity_file), str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        if age is not None:  # age decrypts only
             proc, unzstd = _unzstd_into_tar([*tar, "-", *extra], decoder.stdout, err)
-        else:
-            module = "pg_backup_assets.core.storage.decoder"
-            decoder = subprocess.Popen(
-                [sys.executable, "-m", module, str(identity_file), str(path)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            proc, unzstd = (
-                subprocess.Popen([*tar, "-", *extra], stdin=decoder.stdout, stderr=err),
-                None,
-            )
+        else:  # the decoder decompresses too
+            proc = subprocess.Popen([*tar, "-", *extra], stdin=decoder.stdout, stderr=err)
+            unzstd = None
         decoder.stdout.close()  # the next stage's now: it sees the end when decoding ends
     try:
         with open(path, "rb") as f:

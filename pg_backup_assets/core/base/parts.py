@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any, BinaryIO
 
 from pg_backup_assets.core.catalog import CONTROL_FILE, Part
 from pg_backup_assets.core.errors import IntegrityError, PgBackupError
-from pg_backup_assets.core.storage.codec import Codec, Encoded
+from pg_backup_assets.core.storage.codec import Codec, Encoded, sha256_of
 from pg_backup_assets.core.tools import age_command
 
 BLOCK = 512
@@ -108,12 +107,9 @@ class PartEncoder:
         try:
             if any(proc.wait() != 0 for proc in self._procs):
                 return
-            digest = hashlib.sha256()
-            with open(self.path, "rb", buffering=0) as f:
-                while chunk := f.read(_READ):
-                    digest.update(chunk)
+            with open(self.path, "rb") as f:
+                self._outcome = sha256_of(f)
                 os.fsync(f.fileno())  # the repository's own fsync then finds nothing to do
-                self._outcome = (digest.hexdigest(), f.tell())
         except BaseException as exc:  # handed to result()
             self._outcome = exc
 

@@ -3,9 +3,9 @@
 The counterpart of ``decoder``, for machines without the age command: a base backup in
 parts is cut from pg_basebackup's stream by the backing-up process, and each part of an
 encrypted backup is compressed and encrypted here, on a core of its own (pyrage holds the
-GIL while it encrypts). The stored form is the repository's ``age(zstd(raw))``; the sizes
-go to stdout as one JSON line (the backing-up process hashes the file itself, as it does
-for the stock tools' output)::
+GIL while it encrypts). The stored form is the repository's ``age(zstd(raw))``; the exit
+status says whether it was written (the backing-up process counts, hashes and fsyncs the
+file itself, as it does for the stock tools' output)::
 
     python -m pg_backup_assets.core.storage.encoder OUT LEVEL THREADS [RECIPIENT ...]
 
@@ -15,7 +15,6 @@ Recipients are public keys. The file is not fsynced here: the repository adopts 
 
 from __future__ import annotations
 
-import json
 import sys
 
 from pg_backup_assets.core.errors import PgBackupError
@@ -34,11 +33,10 @@ def main(argv: list[str]) -> int:
         ):
             # No sha256 of the raw tar (the manifest has a checksum of every file in it),
             # nor of the stored bytes (the caller hashes the file it adopts).
-            enc = encode(src, dst, codec, raw_sha256=False, stored_sha256=False)
+            encode(src, dst, codec, raw_sha256=False, stored_sha256=False)
     except (PgBackupError, OSError) as exc:
         print(f"encoding {out}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(enc._asdict()))
     return 0
 
 

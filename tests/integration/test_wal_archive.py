@@ -181,6 +181,12 @@ def test_duplicate_push_same_content_ok_different_content_refused(archiving, wor
     assert fetched.read_bytes() == original.read_bytes()
 
 
+# What the per-WAL-file commands must not import: heavy libraries ever, and the config's
+# parsing once the config is cached.
+HEAVY = {"dagster", "boto3", "botocore", "pandas", "psycopg"}
+PARSING = {"yaml", "argparse", "dataclasses", "pg_backup_assets.core.config"}
+
+
 def test_wal_fetch_missing_and_corrupt(archiving, workdir):
     cluster, config = archiving
     segment = switch_and_wait_archived(cluster)
@@ -211,8 +217,6 @@ def test_wal_fetch_stays_lean(archiving, workdir):
         f"rc = main(['--config', {str(config)!r}, 'wal-fetch', sys.argv[1], sys.argv[2]])\n"
         "print(rc, ' '.join(sorted(sys.modules)))\n"
     )
-    heavy = {"dagster", "boto3", "botocore", "pandas", "psycopg"}
-    parsing = {"yaml", "argparse", "dataclasses", "pg_backup_assets.core.config"}
     calls = [(segment, "a", "0"), (segment, "b", "0"), ("00000009.history", "c", "1")]
     for i, (name, dest, want) in enumerate(calls):
         proc = subprocess.run(
@@ -221,9 +225,9 @@ def test_wal_fetch_stays_lean(archiving, workdir):
         rc, modules = proc.stdout.split(" ", 1)
         assert rc == want, proc.stderr
         modules = set(modules.split())
-        assert {m.split(".")[0] for m in modules} & heavy == set()
+        assert {m.split(".")[0] for m in modules} & HEAVY == set()
         if i > 0:  # the first call of this OS user parsed the config and cached it
-            assert modules & parsing == set(), modules & parsing
+            assert modules & PARSING == set(), modules & PARSING
     original = (cluster.data / "pg_wal" / segment).read_bytes()
     assert (workdir / "a").read_bytes() == (workdir / "b").read_bytes() == original
     assert not (workdir / "c").exists()
@@ -318,14 +322,12 @@ def test_wal_push_stays_lean(archiving, workdir):
         f"assert main(['--config', {str(config)!r}, 'wal-push', {str(copy)!r}]) == 0\n"
         "print(' '.join(sorted(sys.modules)))\n"
     )
-    heavy = {"dagster", "boto3", "botocore", "pandas", "psycopg"}
-    parsing = {"yaml", "argparse", "dataclasses", "pg_backup_assets.core.config"}
     for call in ("first", "cached"):  # the first call of this config parses it
         proc = subprocess.run(
             [str(Path(sys.executable)), "-c", probe], capture_output=True, text=True, check=True
         )
         modules = set(proc.stdout.split())
-        assert {m.split(".")[0] for m in modules} & heavy == set()
+        assert {m.split(".")[0] for m in modules} & HEAVY == set()
         assert "pg_backup_assets.core.wal.archive" in modules  # it did push (sync mode)
         if call == "cached":
-            assert modules & parsing == set()
+            assert modules & PARSING == set()

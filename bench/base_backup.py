@@ -13,7 +13,7 @@ backups and restores. Then, on that same idle database:
    ``process-max=2``);
 2. restores of the newest backup into an empty folder, alternating the same way:
    ``restore(..., start=False)`` (ours, plain and age, 2 workers and 1), ``pgbackrest
-   restore`` (``process-max`` 2 and 1) and, as a floor, bare ``tar --zstd -x`` of our
+   restore`` (``process-max`` 2 and 1) and, as a reference, bare ``tar --zstd -x`` of our
    stored parts one after another;
 3. the size of one backup of each tool in its repository;
 4. a check that the last restore of each tool starts, recovers and holds the same rows;
@@ -122,7 +122,7 @@ BACKUPS = (B_OURS, B_OURS_AGE, B_PGBB, B_PGBR)
 R_OURS = "pgbackup restore"
 R_OURS_AGE = "pgbackup restore, age"
 R_PGBR = "pgBackRest restore"
-R_TAR = "tar --zstd -x of our parts, one by one (floor)"
+R_TAR = "tar --zstd -x of our parts, one by one (reference)"
 R_OURS_1 = "pgbackup restore, 1 worker"
 R_PGBR_1 = "pgBackRest restore, process-max=1"
 RESTORES = (R_OURS, R_OURS_AGE, R_PGBR, R_TAR, R_OURS_1, R_PGBR_1)
@@ -560,12 +560,12 @@ ENGINE_MODULES = (
     "pg_backup_assets.core.base.restore",
     "pg_backup_assets.core.base.parts",
     "pg_backup_assets.core.base.extract",
+    "pg_backup_assets.core.base.untar",
     "pg_backup_assets.core.storage.encoder",
     "pg_backup_assets.core.catalog",
     "pg_backup_assets.core.storage.repository",
     "pg_backup_assets.core.storage.local",
     "pg_backup_assets.core.storage.codec",
-    "pg_backup_assets.core.storage.decoder",
 )
 
 

@@ -376,8 +376,8 @@ def test_without_the_age_command_python_processes_encode_and_decode_the_same_for
     scene, monkeypatch
 ):
     """The parts are encrypted and decrypted by the age command where there is one, and by
-    the ``encoder``/``decoder`` modules (pyrage) where there is none: each reads the other's
-    output (the restores check every part's sha256 and compare the rows)."""
+    pyrage (the ``encoder`` module, and in the restoring process) where there is none: each
+    reads the other's output (the restores check every part's sha256 and compare the rows)."""
     from pg_backup_assets.core.base import extract, parts
 
     asked: list[str] = []
@@ -388,7 +388,7 @@ def test_without_the_age_command_python_processes_encode_and_decode_the_same_for
 
     monkeypatch.setattr(parts, "age_command", no_age)
     monkeypatch.setattr(extract, "age_command", no_age)
-    # The newest backup (written by the age command) read by the decoder module.
+    # The newest backup (written by the age command) read by pyrage.
     newest = list_base_backups(scene.repo, "main")[-1]
     want = contents(scene.primary.dsn())
     assert restored(scene, "by-module") == (newest.label, want)

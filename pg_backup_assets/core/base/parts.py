@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pg_backup_assets.core.base.untar import header
 from pg_backup_assets.core.catalog import CONTROL_FILE, Part
 from pg_backup_assets.core.errors import IntegrityError, PgBackupError
 from pg_backup_assets.core.storage.codec import Codec, Encoded, sha256_of
@@ -41,8 +42,8 @@ _PREFIX_TYPES = (b"x", b"g", b"L", b"K")
 
 def wide_pipe(f: BinaryIO) -> None:
     """A 1 MiB pipe instead of 64 KiB: fewer switches between the stages of the backup's
-    pipeline (pg_basebackup -> this process -> encoder), as the decoder does for a restore
-    (nothing when the system's pipe-max-size is lower)."""
+    pipeline (pg_basebackup -> this process -> encoder); nothing when the system's
+    pipe-max-size is lower."""
     with contextlib.suppress(OSError):
         fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, _READ)
 
@@ -232,25 +233,6 @@ class _Blocks:
             pass
 
 
-def _header(block: bytes) -> tuple[str, int, bytes]:
-    """(name, size, type) of a ustar header."""
-    if block[148:156].strip(b"\0 ") and _checksum(block) != int(block[148:156].strip(b"\0 "), 8):
-        raise PgBackupError("pg_basebackup's stream has a tar header with a bad checksum")
-    name = block[0:100].split(b"\0", 1)[0].decode()
-    if block[257:262] == b"ustar":
-        prefix = block[345:500].split(b"\0", 1)[0].decode()
-        if prefix:
-            name = f"{prefix}/{name}"
-    raw = block[124:136]
-    # base-256 for sizes beyond 8 GiB, octal otherwise
-    size = int.from_bytes(raw[1:], "big") if raw[0] & 0x80 else int(raw.strip(b"\0 ") or b"0", 8)
-    return name, size, block[156:157]
-
-
-def _checksum(block: bytes) -> int:
-    return sum(block[:148]) + 8 * 32 + sum(block[156:])
-
-
 class Splitter:
     """Reads pg_basebackup's tar stream and writes it into parts; keeps the manifest."""
 
@@ -283,7 +265,7 @@ class Splitter:
             if block == bytes(BLOCK):
                 stream.drain()
                 break
-            name, size, kind = _header(block)
+            name, size, kind = header(block, "pg_basebackup's stream")
             padded = -(-size // BLOCK) * BLOCK
             if kind in _PREFIX_TYPES:
                 pending += block + stream.read_exact(padded)

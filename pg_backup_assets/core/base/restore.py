@@ -10,7 +10,6 @@ import platform
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,25 +18,21 @@ import psycopg
 
 from pg_backup_assets.core.base.extract import (
     ExtractStats,
-    check_stored,
-    extract_local,
     extract_parts,
+    extract_stored,
     file_stats,
-    pipe_into_tar,
+    open_stored,
     run_dir,
-    tar_failed,
     write_record,
 )
 from pg_backup_assets.core.base.extract import empty_folder as _empty
 from pg_backup_assets.core.catalog import BaseBackup, find_restore_point, list_base_backups
 from pg_backup_assets.core.config import ClusterConfig
-from pg_backup_assets.core.errors import CommandError, NotFoundError, PgBackupError
+from pg_backup_assets.core.errors import NotFoundError, PgBackupError
 from pg_backup_assets.core.postgres.client import bindir, dsn_at
 from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over, hand_over_tree
 from pg_backup_assets.core.progress import Log, ProgressLog
-from pg_backup_assets.core.storage.codec import HashingReader
 from pg_backup_assets.core.storage.repository import Repository
-from pg_backup_assets.core.tools import require_tar_zstd
 from pg_backup_assets.core.wal.archive import (
     ArchiveListing,
     list_archive,
@@ -426,12 +421,12 @@ def extract_backup(
     workers: int | None = None,
     delta: bool = False,
 ) -> ExtractStats:
-    """Decrypt and untar a base backup into ``to``; tar decompresses (stored: age(zstd(tar))).
+    """Decrypt, decompress and extract a base backup into ``to`` (stored: age(zstd(tar))).
 
     A backup in parts is extracted by ``workers`` at once (see extract.py), with ``delta``
     into an older copy of the same cluster. A backup in one stream (``base.tar``): its
-    stored bytes are hashed while tar extracts them; if they do not match the catalog,
-    whatever tar wrote is removed again and the restore fails.
+    stored bytes are hashed while it is extracted; if they do not match the catalog, or
+    anything else fails, what was extracted is removed again and the restore fails.
     """
     if backup.parts:
         return extract_parts(repo, backup, to, log, workers, delta)
@@ -440,35 +435,17 @@ def extract_backup(
             f"--delta: backup {backup.label} is one stream (base.tar), without the index of "
             "files a delta restore compares: restore it with --force instead"
         )
-    require_tar_zstd()
     record = backup.objects["base.tar"]
-    identities = repo.identities() if record.encrypted else None  # fail before tar starts
-    local_path = getattr(repo.storage, "path", None)
-    tar = ["tar", "-x", "-C", str(to), "--no-same-owner", "-f"]
-    with tempfile.TemporaryFile() as err:
-        if local_path is not None:
-            # A local object: tar reads it directly (through a decoding process of its own
-            # when it is encrypted), and this process hashes it meanwhile.
-            path = local_path(record.key)
-            log(f"extracting {record.stored_bytes / 2**20:.0f} MiB (compressed) with tar")
-            identity = repo.identity_file if record.encrypted else None
-            rc, failure, stored = extract_local(path, identity, tar, err)
-        else:
-            with repo.storage.open(record.key) as f:
-                progress = ProgressLog(log, "extracting", record.stored_bytes, every_s=5)
-                stored = HashingReader(f, progress)
-                rc, failure = pipe_into_tar(stored, identities, [*tar, "-"], err, record)
-        try:
-            check_stored(repo, record, stored)
-            if failure:
-                raise PgBackupError(failure)
-            tar_failed(rc, err, f"extracting {backup.label} into {to}")
-        except CommandError:
-            _empty(to)
-            raise
-        except PgBackupError as exc:
-            _empty(to)
-            raise type(exc)(f"{exc}; nothing was restored into {to}") from None
+    if record.encrypted:
+        repo.identities()  # fail before anything is written
+    log(f"extracting {record.stored_bytes / 2**20:,.0f} MiB (compressed)")
+    progress = ProgressLog(log, "extracting", record.stored_bytes, every_s=5)
+    try:
+        with open_stored(repo, record, progress) as stored:
+            extract_stored(repo, record, stored, to)
+    except PgBackupError as exc:
+        _empty(to)
+        raise type(exc)(f"{exc}; nothing was restored into {to}") from None
     return ExtractStats(parts=1, parts_read=1, bytes_written=backup.raw_bytes)
 
 

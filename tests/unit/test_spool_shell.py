@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -181,6 +182,30 @@ def test_the_wait_sleeps_in_a_read_not_in_clock_ticks(setup, pusher):
     assert [c for c in below if c != "sh"] == ["timeout", "dd"], below
 
 
+def test_a_call_that_waits_runs_few_commands(setup, pusher, tmp_path):
+    """PostgreSQL runs the call once per WAL file, and under load every process of it takes
+    CPU from the pusher: a call whose push finishes second (another one first) runs one
+    flock (no command under it), one dd to poke, and per wait a timeout and its dd,
+    counted through wrappers on PATH (the script before this ran 10 commands here)."""
+    data, repo, spool = setup
+    bin_dir, log = tmp_path / "bin", tmp_path / "ran"
+    bin_dir.mkdir()
+    for name in ("stat", "flock", "dd", "timeout", "true", "sleep"):
+        real = shutil.which(name)
+        (bin_dir / name).write_text(f'#!/bin/sh\necho {name} >>{log}\nexec {real} "$@"\n')
+        (bin_dir / name).chmod(0o755)
+    other = later(0.3, pusher.finished)
+    mine = later(0.8, lambda: (write_ok(data, spool), pusher.finished()))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["sh", "-c", command(repo, spool)], cwd=data, env=env, check=False)
+    other.join()
+    mine.join()
+    assert proc.returncode == 0
+    ran = log.read_text().split()
+    # (The .ok comes with the second byte: only then is there a file to stat.)
+    assert ran == ["flock", "dd", "timeout", "dd", "timeout", "dd", "stat"], ran
+
+
 def descendants(pid: int) -> list[str]:
     """The commands of every process below ``pid``, parents first."""
     rows = subprocess.run(
@@ -216,6 +241,7 @@ def test_without_a_running_pusher_wal_push_starts_one_at_once(setup):
     (spool / f"{NAME}.ok").unlink()
     os.mkfifo(spool / sp.WAKE)  # left by an earlier pusher; its lock is free
     os.mkfifo(spool / sp.DONE)
+    (spool / sp.LOCK).touch()
     # (Had the shell waited, this .ok would have made it answer 0.)
     written = later(1.0, lambda: write_ok(data, spool))
     assert archive(data, repo, spool) == 7

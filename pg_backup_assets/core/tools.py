@@ -19,6 +19,7 @@ def require_zstd() -> None:
 
 
 def age_command() -> str | None:
-    """The age command, when installed: parts of encrypted base backups are encrypted and
-    decrypted by it (faster than pyrage in-process); without it, by Python processes."""
+    """The age command, when installed: parts of encrypted base backups are encrypted by it
+    (faster than pyrage in-process); without it, by Python processes. (Restores decrypt in
+    process: ``storage/agefile.py``.)"""
     return shutil.which("age")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -74,12 +74,19 @@ def _exact(src: Readable, n: int, what: str) -> bytes:
     return data
 
 
-def _skip(src: Readable, n: int, view: memoryview, what: str) -> None:
+def _chunks(src: Readable, n: int, view: memoryview, what: str, of: str) -> Iterator[memoryview]:
+    """The next ``n`` bytes of the stream, read into ``view`` a piece at a time."""
     while n > 0:
         got = src.readinto(view[: min(n, len(view))])
         if not got:
-            raise PgBackupError(f"{what} ends in the middle of a tar member: it is cut short")
+            raise PgBackupError(f"{what} ends in the middle of {of}: it is cut short")
+        yield view[:got]
         n -= got
+
+
+def _skip(src: Readable, n: int, view: memoryview, what: str) -> None:
+    for _ in _chunks(src, n, view, what, "a tar member"):
+        pass
 
 
 def _pax(data: bytes) -> dict[str, str]:
@@ -186,15 +193,10 @@ def _write(
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, flags, 0o600)
     try:
-        left = size
-        while left:
-            got = src.readinto(view[: min(left, len(view))])
-            if not got:
-                raise PgBackupError(f"{what} ends in the middle of {path.name}: it is cut short")
+        for chunk in _chunks(src, size, view, what, path.name):
             done = 0
-            while done < got:
-                done += os.write(fd, view[done:got])
-            left -= got
+            while done < len(chunk):
+                done += os.write(fd, chunk[done:])
         os.fchmod(fd, mode)
         os.utime(fd, ns=(mtime * 10**9,) * 2)
         # Have the kernel start writing it now (without waiting for it): the disk then

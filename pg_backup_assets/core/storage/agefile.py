@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import base64
 import hmac
+from collections.abc import Iterable
 from hashlib import sha256
-from pathlib import Path
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -41,16 +41,15 @@ class Source(Protocol):
     def read(self, n: int = -1) -> bytes: ...
 
 
-def secret_keys(identity_file: Path) -> list[bytes]:
-    """The X25519 secret keys of an identity file (``AGE-SECRET-KEY-1...`` lines)."""
+def secret_keys(identities: Iterable[object]) -> list[bytes]:
+    """The X25519 secret keys of age identities (pyrage's, as ``codec.load_identities``
+    reads an identity file, or their ``AGE-SECRET-KEY-1...`` strings)."""
     keys = []
-    for line in identity_file.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            hrp, key = _bech32(line)
-            if hrp != "age-secret-key-" or len(key) != 32:
-                raise AgeError(f"{identity_file} holds a line that is not an age X25519 identity")
-            keys.append(key)
+    for identity in identities:
+        hrp, key = _bech32(str(identity))
+        if hrp != "age-secret-key-" or len(key) != 32:
+            raise AgeError("not an age X25519 identity")
+        keys.append(key)
     return keys
 
 

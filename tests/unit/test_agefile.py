@@ -71,6 +71,23 @@ def test_a_file_cut_short_changed_or_extended_is_refused(keys, size):
         decrypt(ct + b"\0", secrets)
 
 
+def test_a_mac_in_non_canonical_base64_is_refused(keys):
+    """The MAC's last character carries two unused bits: a lenient decoder reads "...A" and
+    "...B" as the same MAC, so a changed file would pass. age refuses such a header."""
+    identity, secrets = keys
+    ct = pyrage.encrypt(b"secret", [identity.to_public()])
+    at = ct.index(b"\n--- ") + 5
+    end = ct.index(b"\n", at)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(ct[end - 1])
+    assert last % 4 == 0  # canonical: its two low bits are zero
+    twin = ct[: end - 1] + alphabet[last + 1 : last + 2] + ct[end:]
+    assert base64.b64decode(twin[at:end] + b"=") == base64.b64decode(ct[at:end] + b"=")
+    with pytest.raises(AgeError, match="non-canonical base64"):
+        decrypt(twin, secrets)
+    assert decrypt(ct, secrets) == b"secret"
+
+
 def test_a_header_changed_but_well_formed_fails_its_mac(keys):
     """A second, well-formed stanza added to the header: the file key still unwraps, but
     the header's MAC no longer matches."""

@@ -87,13 +87,19 @@ def _hkdf(key: bytes, salt: bytes | None, info: bytes) -> bytes:
 
 
 def _b64(text: bytes) -> bytes:
-    """age's base64: standard alphabet, no padding (and none accepted)."""
+    """age's base64: standard alphabet, no padding (and none accepted), canonical: the
+    unused low bits of the last character must be zero, as the age spec and its Go
+    implementation require (else the MAC line could be changed and still decode to the
+    same MAC)."""
     if text.endswith(b"="):
         raise AgeError("padded base64 in the header")
     try:
-        return base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+        raw = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
     except ValueError:
         raise AgeError("bad base64 in the header") from None
+    if base64.b64encode(raw).rstrip(b"=") != text:
+        raise AgeError("non-canonical base64 in the header")
+    return raw
 
 
 class AgeReader:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pg_backup_assets.core.errors import PgBackupError
 from pg_backup_assets.core.postgres.local_cluster import free_port
+from pg_backup_assets.core.tools import stop
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
@@ -59,5 +60,4 @@ def local_s3_endpoint(keep_running: bool = False) -> Iterator[str]:
         yield url
     finally:
         if not keep_running:
-            proc.terminate()
-            proc.wait(timeout=10)
+            stop(proc)

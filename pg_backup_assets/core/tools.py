@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import subprocess
 
 from pg_backup_assets.core.errors import PgBackupError
 
@@ -23,3 +24,21 @@ def age_command() -> str | None:
     (faster than pyrage in-process); without it, by Python processes. (Restores decrypt in
     process: ``storage/agefile.py``.)"""
     return shutil.which("age")
+
+
+STOP_GRACE_S = 5.0
+
+
+def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """End a child tool: SIGTERM, then SIGKILL if it is still there after ``grace_s``.
+
+    SIGTERM alone is not enough: an ignored signal stays ignored across exec, and Dagster's
+    run and step processes map SIGTERM to SIGINT's handler, which is "ignore" in a process
+    started in the background by a shell without job control. pg_basebackup run from there
+    ignores SIGTERM, and a bare ``terminate(); wait()`` waits for ever."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

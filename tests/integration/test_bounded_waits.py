@@ -3,6 +3,8 @@ backup, each after its configured time and with a message that says why."""
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import time
 
 import psycopg
@@ -35,10 +37,18 @@ def test_a_dump_gives_up_on_a_table_locked_too_long(pg, database, workdir):
     assert list_dump_sets(repo, "main") == []  # nothing half-made is listed
 
 
-def test_a_base_backup_stops_when_archiving_is_broken(workdir):
+@pytest.mark.parametrize("sigterm", ["default", "ignored"])
+def test_a_base_backup_stops_when_archiving_is_broken(workdir, sigterm):
+    """``ignored``: as in a Dagster run started in the background by a shell without job
+    control (SIGINT ignored; Dagster gives SIGTERM SIGINT's handler): pg_basebackup inherits
+    an ignored SIGTERM, and the backup must still stop."""
     cluster = LocalCluster(workdir / "pg")
     config = write_config(workdir, cluster.dsn(), ["postgres"])
     cluster.init({"archive_mode": "on", "archive_command": "'false'"}, fast=True).start()
+    before = signal.getsignal(signal.SIGTERM)
+    if sigterm == "ignored":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    faulthandler.dump_traceback_later(120, exit=True)  # a hang fails this test, not the run
     try:
         cfg = load_config(config)
         repo = Repository.from_config(cfg)
@@ -50,4 +60,6 @@ def test_a_base_backup_stops_when_archiving_is_broken(workdir):
         assert list_base_backups(repo, "main") == []
         assert not any((workdir / "repo" / ".staging").iterdir())  # scratch removed
     finally:
+        faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGTERM, before)
         cluster.stop()

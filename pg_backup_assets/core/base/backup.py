@@ -42,7 +42,7 @@ from pg_backup_assets.core.postgres.client import (
 from pg_backup_assets.core.progress import Log, ProgressLog
 from pg_backup_assets.core.storage.base import CHUNK
 from pg_backup_assets.core.storage.repository import ObjectRecord, Repository
-from pg_backup_assets.core.tools import require_zstd
+from pg_backup_assets.core.tools import require_zstd, stop
 from pg_backup_assets.core.wal.names import format_lsn, parse_lsn
 
 
@@ -386,8 +386,7 @@ def _run_bounded(
                     continue
                 waiting_since = waiting_since or time.monotonic()
                 if time.monotonic() - waiting_since > archive_wait_s:
-                    proc.terminate()
-                    proc.wait()
+                    stop(proc)
                     raise CommandError(
                         f"pg_basebackup waited {archive_wait_s:.0f}s "
                         "(timeouts.archive_wait_seconds) for the server to archive its last "

@@ -30,6 +30,79 @@ def test_put_list_stat_delete(tmp_path):
         s.open("c/dumps/2026-11-26/a.zst")
 
 
+def test_list_reads_only_what_the_prefix_names_and_hides_the_repositorys_own_files(tmp_path):
+    s = LocalStorage(tmp_path)
+    for key in [
+        "c/wal/0000000100000001/000000010000000100000002-aa.zst",
+        "c/wal/0000000100000001/000000010000000100000003-bb.zst",
+        "c/wal/0000000100000001/0000000100000001000000030/deeper",  # a folder matching it
+        "c/wal/0000000100000002/000000010000000200000001-cc.zst",
+        "c/wal/archive.json",
+        ".staging/x/part",  # the repository's own scratch: never an object
+        ".hidden-file",
+    ]:
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(b"x" * len(key))
+    (tmp_path / "c/wal/0000000100000001/000000010000000100000003-bb.zst.tmp-1a2b").touch()
+    (tmp_path / "c/linked").symlink_to(tmp_path / "c/wal")  # neither listed nor followed
+    (tmp_path / "c/dangling").symlink_to(tmp_path / "nowhere")
+
+    def keys(prefix):
+        return [o.key for o in s.list(prefix)]
+
+    one = "c/wal/0000000100000001/"
+    assert keys(one + "000000010000000100000003") == [
+        one + "000000010000000100000003-bb.zst",
+        one + "0000000100000001000000030/deeper",
+    ]
+    assert keys(one + "000000010000000100000002-") == [one + "000000010000000100000002-aa.zst"]
+    assert keys(one + "00000001000000010000000F") == []
+    assert keys("c/wal/00000001000000") == keys(one) + keys("c/wal/0000000100000002/")
+    assert len(keys("c/")) == 5 and keys("c/")[-1] == "c/wal/archive.json"
+    assert keys("") == [".hidden-file", *keys("c/")]
+    assert keys(".staging/") == [".staging/x/part"]  # asked for by name: listed
+    assert keys("nothing/here/") == []
+    info = s.list("c/wal/archive.json")[0]
+    assert info.size == len("c/wal/archive.json")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the listing as the postgres user")
+def test_an_unreadable_folder_is_an_error_not_an_empty_listing():
+    """The archiver's user meets a folder it cannot read: "no such segment" would be a lie
+    (a gap check would report missing WAL, a push would archive a duplicate)."""
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="pgba-list-")
+    try:
+        os.chmod(root, 0o755)
+        os.makedirs(f"{root}/c/wal/0000000100000001", mode=0o755)
+        os.chmod(f"{root}/c", 0o755)
+        os.chmod(f"{root}/c/wal", 0o755)
+        os.chmod(f"{root}/c/wal/0000000100000001", 0o700)  # root's alone
+        code = (
+            "import sys\n"
+            "from pg_backup_assets.core.errors import PgBackupError\n"
+            "from pg_backup_assets.core.storage.local import LocalStorage\n"
+            "try:\n"
+            "    LocalStorage(sys.argv[1]).list(sys.argv[2])\n"
+            "except PgBackupError as exc:\n"
+            "    print(exc)\n"
+            "    sys.exit(3)\n"
+        )
+        for prefix in ["c/", "c/wal/0000000100000001/000000010000000100000002-"]:
+            proc = subprocess.run(
+                ["runuser", "-u", "postgres", "--", sys.executable, "-c", code, root, prefix],
+                capture_output=True,
+                text=True,
+                cwd="/",
+            )
+            assert proc.returncode == 3, proc.stderr
+            assert "cannot read" in proc.stdout and "Permission denied" in proc.stdout
+    finally:
+        shutil.rmtree(root)
+
+
 def test_failed_write_leaves_nothing_visible(tmp_path):
     s = LocalStorage(tmp_path / "repo")
     with s.writer("k/obj") as f:

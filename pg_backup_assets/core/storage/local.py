@@ -148,23 +148,37 @@ class LocalStorage:
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         if not self.root.is_dir():
             return []
-        # Walk only the deepest folder the prefix names, not the whole repository.
-        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = self.root / folder if folder else self.root
-        out = []
-        for dirpath, dirs, files in os.walk(start, onerror=_walk_error):
-            if start == self.root:
-                dirs[:] = [d for d in dirs if not d.startswith(".")]  # .staging etc.
-            for name in files:
-                if self.TMP_MARK in name:
-                    continue
-                full = Path(dirpath) / name
-                key = full.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    st = full.stat()
-                    out.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        # Read only the folder the prefix names and, below it, the folders whose names
+        # match the rest of the prefix: a WAL push lists one folder of up to 256 segments
+        # for its own name, a gap check the whole archive.
+        folder, _, tail = prefix.rpartition("/")
+        out: list[ObjectInfo] = []
+        self._scan(os.path.join(self.root, folder), f"{folder}/" if folder else "", tail, out)
         out.sort(key=lambda o: o.key)
         return out
+
+    def _scan(self, path: str, base: str, tail: str, out: list[ObjectInfo]) -> None:
+        """Objects in folder ``path`` (key prefix ``base``) and below whose names start
+        with ``tail``, into ``out``; the repository's own hidden folders (``.staging``) are
+        left out, as temporary files are."""
+        try:
+            with os.scandir(path) as it:
+                entries = [e for e in it if e.name.startswith(tail)]
+        except OSError as exc:
+            _walk_error(exc)
+            return
+        for entry in entries:
+            try:
+                if entry.is_dir():  # as os.walk: a link to a folder is neither listed nor followed
+                    if not entry.is_symlink() and (base or not entry.name.startswith(".")):
+                        self._scan(entry.path, f"{base}{entry.name}/", "", out)
+                elif self.TMP_MARK not in entry.name:
+                    st = entry.stat()
+                    out.append(ObjectInfo(f"{base}{entry.name}", st.st_size, st.st_mtime))
+            except FileNotFoundError:
+                continue  # removed meanwhile (expiry, a writer's rename)
+            except OSError as exc:
+                _walk_error(exc)
 
     def sweep_temporary(self, prefix: str, older_than: float) -> list[str]:
         """Remove what killed writers left under ``prefix``: temporary files not written

@@ -57,6 +57,20 @@ def test_encoding_without_the_raw_sha256_stores_the_same_bytes():
     assert (b.sha256, b.raw_bytes, b.raw_sha256) == (a.sha256, a.raw_bytes, "")
 
 
+def test_hashing_in_the_callers_thread_gives_the_same_object_and_sums():
+    import hashlib
+    import threading
+
+    aside, here = io.BytesIO(), io.BytesIO()
+    a = encode(io.BytesIO(DATA), aside, Codec())
+    before = threading.active_count()
+    b = encode(io.BytesIO(DATA), here, Codec(), hash_aside=False)
+    assert threading.active_count() == before  # no hashing thread started (or left)
+    assert aside.getvalue() == here.getvalue()
+    assert a == b and b.raw_sha256 == hashlib.sha256(DATA).hexdigest()
+    assert b.sha256 == hashlib.sha256(here.getvalue()).hexdigest()
+
+
 def test_encrypted_roundtrip(keypair):
     path, recipient = keypair
     enc, stored, out, _ = roundtrip(Codec(recipients=(recipient,)), load_identities(path))

@@ -195,6 +195,7 @@ def encode(
     precompressed: bool = False,
     stored_sha256: bool = True,
     raw_sha256: bool = True,
+    hash_aside: bool = True,
 ) -> Encoded:
     """Compress (and encrypt) ``src`` into ``dst``; return sizes and checksums.
 
@@ -204,9 +205,12 @@ def encode(
     sha256 of the stored bytes (WAL objects are named after the raw one), so none is made.
     ``raw_sha256=False``: nor of the raw bytes (a base backup's part: the manifest has a
     checksum of every file in it); its ``raw_sha256`` is then "".
+    ``hash_aside``: hash on a thread of its own while this one compresses (less time for
+    one object when a core is free); False: hash here, for a caller whose own threads
+    already keep the cores busy (less CPU: no queue, no chunks crossing cores or piling up).
     """
-    raw = HashingReader(src, progress, background=True, hashing=raw_sha256)
-    out = _HashingWriter(dst, background=True, hashing=stored_sha256)
+    raw = HashingReader(src, progress, background=hash_aside, hashing=raw_sha256)
+    out = _HashingWriter(dst, background=hash_aside, hashing=stored_sha256)
     try:
         with contextlib.ExitStack() as stack:
             if precompressed:
@@ -233,10 +237,9 @@ def encode(
         raw_digest = raw.hash.hexdigest() if raw.hash is not None else ""
         return Encoded(raw.count, out.count, stored, raw_digest)
     finally:
-        if raw.hash is not None:
-            raw.hash.close()
-        if out.hash is not None:
-            out.hash.close()
+        for h in (raw.hash, out.hash):
+            if isinstance(h, BackgroundSha256):
+                h.close()  # its thread ends, whatever happened
 
 
 def decode(

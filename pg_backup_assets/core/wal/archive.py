@@ -103,8 +103,14 @@ def find(repo: Repository, cluster: str, name: str) -> list[WalObject]:
     return out
 
 
-def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> Pushed:
+def push(
+    repo: Repository, cluster: str, path: str | os.PathLike[str], hash_aside: bool = True
+) -> Pushed:
     """Archive one WAL file durably; what was done and the object that holds it.
+
+    ``hash_aside``: hash the file on a thread of its own while compressing it (the
+    synchronous call: a shorter wait when a core is free); the background pusher, whose
+    workers keep the cores busy, hashes in the worker (measured: 9 % less CPU per segment).
 
     Raises ArchiveConflictError when the name is archived with different content (the
     archived copy is left untouched), and PgBackupError on any other failure, so that
@@ -145,7 +151,7 @@ def push(repo: Repository, cluster: str, path: str | os.PathLike[str]) -> Pushed
             final_key=lambda: f"{folder}{name}-{encoded[0].raw_sha256}{suffix}",
         ) as out,
     ):
-        encoded.append(encode(f, out, repo.codec, stored_sha256=False))
+        encoded.append(encode(f, out, repo.codec, stored_sha256=False, hash_aside=hash_aside))
     if kind == "history":
         _write_history_switches(repo, cluster, name, src)
     elif header is not None and "system_identifier" not in info:

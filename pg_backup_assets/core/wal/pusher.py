@@ -112,7 +112,7 @@ class Pusher:
         before = ""
         try:
             before = sp.identity(os.stat(path))
-            pushed = push(self.repo, self.cluster, path)
+            pushed = push(self.repo, self.cluster, path, hash_aside=False)
             after = sp.identity(os.stat(path))
             if before != after:
                 log(f"{name} changed while it was pushed; pushing it again")

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pg_backup_assets.core.storage.agefile import AgeError, AgeReader, secret_keys
 from pg_backup_assets.core.storage.codec import load_identities
 
-SIZES = [0, 1, 65535, 65536, 65537, 131072, 200_000]
+# Around a chunk (64 KiB) and a block (16 chunks, read and decrypted at once).
+SIZES = [0, 1, 65535, 65536, 65537, 131072, 200_000, 1 << 20, (1 << 20) + 1, 2_500_000]
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +56,13 @@ def test_what_either_tool_wrote_reads_back(keys, tool, size):
     assert decrypt(ct, secrets, n=1000) == data  # small reads: the same bytes
 
 
-@pytest.mark.parametrize("size", [0, 65536, 200_000])
+@pytest.mark.parametrize("size", [0, 65536, 200_000, 1 << 20, (1 << 20) + 70_000])
 def test_a_file_cut_short_changed_or_extended_is_refused(keys, size):
     identity, secrets = keys
     ct = pyrage.encrypt(os.urandom(size), [identity.to_public()])
-    for cut in [*range(len(ct) - 40, len(ct)), 10, 100]:
+    payload = ct.index(b"\n", ct.index(b"\n--- ") + 1) + 1 + 16  # after header and nonce
+    boundaries = range(payload + 65536 + 16, len(ct), 65536 + 16)  # between whole chunks
+    for cut in [*range(len(ct) - 40, len(ct)), 10, 100, *boundaries]:
         with pytest.raises(AgeError):
             decrypt(ct[:cut], secrets)
     for pos in [*range(0, len(ct), max(1, len(ct) // 64)), len(ct) - 1]:

@@ -15,6 +15,15 @@ from pg_backup_assets.defs.jobs import AssetJob
 # A failed backup run is retried once, from the step that failed (a dropped connection
 # should not cost a night's backup); the alert sensor reports each failed run.
 _RETRY = {"dagster/max_retries": "1", "dagster/retry_strategy": "FROM_FAILURE"}
+PARTITION_TAG = "dagster/partition"
+_NOT_FINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.SUSPENDED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,10 @@ def _calendar_schedule(
     """A RUNNING schedule on any cron (build_schedule_from_partitioned_job takes none for
     time partitions) that requests the partition of the day it runs. The run key names the
     partition but Dagster dedups run keys per tick only: a cron firing twice a day takes
-    two sets into that day, and each run's steps follow their own set (defs/pinned.py)."""
+    two sets into that day, and each run's steps follow their own set (defs/pinned.py).
+    A tick skips while a run of that job and partition has not finished (queued, running,
+    or its retry waiting): a backup that outlasts the interval, or a queue held up by the
+    host's concurrency limit, does not pile up runs that would only wait for its locks."""
     tz = ZoneInfo(timezone)
 
     @dg.schedule(
@@ -164,6 +176,16 @@ def _calendar_schedule(
         key = partition_of(context.scheduled_execution_time.astimezone(tz).date())
         if key < first:
             return dg.SkipReason(f"{key} is before the first partition ({first})")
+        busy = context.instance.get_run_records(
+            dg.RunsFilter(job_name=job.name, tags={PARTITION_TAG: key}, statuses=_NOT_FINISHED),
+            limit=1,
+        )
+        if busy:
+            run = busy[0].dagster_run
+            return dg.SkipReason(
+                f"run {run.run_id} of {job.name} for {key} is {run.status.value.lower()}: "
+                "no second run of that partition until it finishes"
+            )
         return dg.RunRequest(run_key=key, partition_key=key)
 
     return _schedule

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
+from dagster._core.test_utils import create_run_for_test
 
 from pg_backup_assets.core.config import load_config
 from pg_backup_assets.core.storage.repository import Repository
@@ -56,7 +57,33 @@ def test_jobs_schedules_and_sensors_run_without_anyone_starting_them(workdir):
             instance=instance, repository_def=repo_def, scheduled_execution_time=when
         )
         [request] = schedule.evaluate_tick(context).run_requests
-    assert request.partition_key == request.run_key == when.date().isoformat()
+        assert request.partition_key == request.run_key == when.date().isoformat()
+
+        # A run of that partition that has not finished: the tick skips, and says which.
+        day = request.partition_key
+        other = (when.date() - dt.timedelta(days=1)).isoformat()
+        runs = {
+            (status, partition): create_run_for_test(
+                instance,
+                job_name="main_daily_backup",
+                status=status,
+                tags={"dagster/partition": partition},
+            )
+            for status, partition in [
+                (dg.DagsterRunStatus.STARTED, other),  # another day's: no matter
+                (dg.DagsterRunStatus.FAILURE, day),  # finished: no matter
+                (dg.DagsterRunStatus.STARTING, day),
+            ]
+        }
+        starting = runs[(dg.DagsterRunStatus.STARTING, day)]
+        result = schedule.evaluate_tick(context)
+        assert result.run_requests == []
+        assert f"run {starting.run_id} of main_daily_backup for {day} is starting" in (
+            result.skip_message
+        )
+        instance.delete_run(starting.run_id)
+        [request] = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == when.date().isoformat()
     # A new deployment's partitions begin today, not at a fixed date long ago.
     assert daily.partitions_def.start.date() == dt.datetime.now(ZoneInfo("Europe/Berlin")).date()
 

@@ -20,7 +20,7 @@ from pg_backup_assets.core.base.restore import Target, restore
 from pg_backup_assets.core.catalog import find_base_backup
 from pg_backup_assets.core.config import load_config
 from pg_backup_assets.core.dumps.dump import take_dump_set
-from pg_backup_assets.core.offsite.copy import copy_set
+from pg_backup_assets.core.offsite.copy import copy_set, ship_wal
 from pg_backup_assets.core.offsite.store import offsite_repository
 from pg_backup_assets.core.postgres.local_cluster import free_port, hand_over
 from pg_backup_assets.core.rehearsal.checks import compare_tables
@@ -33,6 +33,7 @@ from pg_backup_assets.defs.check_names import (
     RPO_WITHIN_TARGET,
     RTO_WITHIN_TARGET,
 )
+from tests.conftest import make_bucket
 from tests.integration.test_cli import BIN, pgbackup
 from tests.integration.test_wal_archive import sql
 
@@ -316,6 +317,80 @@ def _port(data_dir) -> int:  # noqa: ANN001
 
 
 @pytest.mark.slow
+def test_the_runbooks_s3_commands_restore_the_cluster(archiving, workdir, age_key, s3_endpoint):
+    """The runbook's stock-tools commands for an S3 offsite store (`aws s3`, age, zstd, tar,
+    and fetch-wal.sh as restore_command) restore the cluster from the bucket alone."""
+    cluster, config = archiving
+    key_file, recipient = age_key
+    bucket = make_bucket(s3_endpoint)
+    config.write_text(
+        config.read_text()
+        + f"offsite: {{s3: {{bucket: {bucket}, prefix: pgb/, endpoint_url: '{s3_endpoint}', "
+        "region: us-east-1}}\n"
+        + f"encryption: {{recipients: [{recipient}], identity_file: {key_file}}}\n"
+    )
+    sql(cluster, "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric, note text)")
+    sql(cluster, "INSERT INTO orders SELECT g, g % 97, md5(g::text) FROM generate_series(1, 2e4) g")
+    cfg = load_config(config)
+    repo, offsite = Repository.from_config(cfg), offsite_repository(cfg)
+    backup = take_base_backup(repo, cfg.cluster("main"), TODAY.isoformat(), quiet)
+    copy_set(repo, offsite, backup.objects.values(), backup.catalog_key, 0)
+    sql(cluster, "INSERT INTO orders SELECT g, 1, 'after' FROM generate_series(20001, 20500) g")
+    [(last,)] = sql(cluster, "SELECT pg_walfile_name(pg_switch_wal())")
+    deadline = time.monotonic() + 60
+    while (sql(cluster, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") < last:
+        assert time.monotonic() < deadline, f"{last} was not archived"
+        time.sleep(0.2)
+    shipped = ship_wal(repo, offsite, "main")
+    assert shipped.objects > 0 and shipped.ok
+    runbook = pgbackup("runbook", config=config).stdout
+    assert f"aws s3 --endpoint-url {s3_endpoint} cp" in runbook
+    blocks = runbook.split("```sh\n")
+    aws = str(BIN / "aws")  # an operator has `aws` on PATH; the server's su does not keep ours
+    stock = blocks[2].split("```")[0].replace("aws s3 ", f"{aws} s3 ")
+    fetch = blocks[3].split("```")[0].replace("aws s3 ", f"{aws} s3 ")
+    to, script = workdir / "bare", workdir / "fetch-wal.sh"
+    script.write_text(fetch)
+    script.chmod(0o755)
+    port = free_port()
+    commands = (
+        stock.replace("/srv/pg/main", str(to))
+        .replace("base/DAY/LABEL", f"base/{backup.date}/{backup.label}")
+        .replace("/usr/local/bin/fetch-wal.sh", str(script))
+        .replace("install -m 755 fetch-wal.sh", "true")
+        .replace("archive_mode = 'off'", f"archive_mode = 'off'\nport = {port}")
+        .replace("su postgres -c 'pg_ctl", f"su postgres -c '{cluster.bindir}/pg_ctl")
+    )
+    newest = commands.split("\n", 1)[0]  # the listing that finds the newest backup
+    listing = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", newest], capture_output=True, text=True
+    )
+    assert f"base/{backup.date}/{backup.label}/catalog.json" in listing.stdout, listing.stderr
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", commands], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with psycopg.connect(dsn) as conn:
+                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        # Replayed from the bucket's WAL past the backup: the later rows too.
+                        rows = conn.execute("SELECT count(*) FROM orders").fetchone()
+                        assert rows == (20500,), (to / "startup.log").read_text()[-3000:]
+                        break
+            except psycopg.OperationalError:
+                pass
+            log = to / "startup.log"
+            assert time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else ""
+            time.sleep(0.3)
+    finally:
+        stop = [str(cluster.bindir / "pg_ctl"), "-D", str(to), "-m", "fast", "stop"]
+        subprocess.run(["runuser", "-u", "postgres", "--", *stop], check=False, capture_output=True)
+
+
 def test_the_runbooks_stock_tool_commands_restore_the_cluster(archiving, workdir, age_key):
     """What the runbook tells an operator without pgbackup (age, zstd, tar, sh) restores."""
     cluster, config = archiving

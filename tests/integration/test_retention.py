@@ -71,12 +71,30 @@ def ten_days(archiving, s3_endpoint):  # noqa: ANN201
     return cluster, config, cfg, repo, offsite, bucket
 
 
-def test_expiry_removes_exactly_what_the_plan_expires(ten_days, s3_endpoint):
+def test_expiry_removes_exactly_what_the_plan_expires(ten_days, s3_endpoint, monkeypatch):
     cluster, config, cfg, repo, offsite, bucket = ten_days
+    # Planning lists the S3 store once, and sends it no request per backup (verification
+    # and tier records are read only where the listing shows them).
+    calls = {"list": 0, "exists": 0}
+    for name in calls:
+        real = getattr(offsite.storage, name)
+
+        def counted(*args, _real=real, _name=name):  # noqa: ANN002, ANN202
+            calls[_name] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(offsite.storage, name, counted)
+    monkeypatch.setattr(
+        "pg_backup_assets.core.retention.expire.offsite_repository", lambda _: offsite
+    )
+    planned_here = expire(cfg, "main", dry_run=True, log=quiet).plan
+    assert calls == {"list": 1, "exists": 0}
+    monkeypatch.undo()
     dry = pgbackup("expire", "--dry-run", "--json", config=config)
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)["clusters"]["main"]
     keep = {(b["kind"], b["date"]) for b in plan["backups"] if b["keep"]}
+    assert keep == {(d.backup.kind, d.backup.date) for d in planned_here.decisions if d.keep}
     expected_days = {"2026-11-21", "2026-11-24", "2026-11-25", "2026-11-26"}
     assert keep == {(k, d) for k in ("base", "dump") for d in expected_days}
     reasons = {(b["kind"], b["date"]): b["reasons"] for b in plan["backups"]}

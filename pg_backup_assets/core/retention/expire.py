@@ -71,7 +71,7 @@ def expire(
             # What only the offsite store still holds (a repository lost, an expiry that
             # died halfway) is planned too, or it would stay there for ever.
             here = {b.key for b in backups}
-            there, there_wal = gather(offsite, cluster, locked)
+            there, there_wal = gather(_as_listed(offsite, held), cluster, locked)
             backups += [b for b in there if b.key not in here]
             wal += [w for w in there_wal if w.key not in local_wal]
         the_plan = plan(backups, wal, config.retention, now, _rehearsal_failed(repo, cluster))
@@ -142,6 +142,37 @@ def _offsite_listing(offsite: Repository | None, cluster: str) -> dict[str, Obje
     if offsite is None:
         return {}
     return {o.key: o for o in offsite.storage.list(f"{cluster}/")}
+
+
+class _Listed:
+    """A store as one listing of it showed it, for planning: ``list`` and ``exists``
+    answered from that listing (an S3 store is then listed once per run, not once per
+    prefix, with no HEAD request per backup for its verification and tier records); every
+    read goes to the store. Deleting goes to the store itself, never through this, and
+    checks what the store lists afresh."""
+
+    def __init__(self, storage: object, objects: dict[str, ObjectInfo]):
+        self._storage, self._objects = storage, objects
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        return sorted(
+            (info for key, info in self._objects.items() if key.startswith(prefix)),
+            key=lambda o: o.key,
+        )
+
+    def exists(self, key: str) -> bool:
+        return key in self._objects
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._storage, name)
+
+
+def _as_listed(offsite: Repository, held: dict[str, ObjectInfo]) -> Repository:
+    import copy
+
+    listed = copy.copy(offsite)
+    listed.storage = _Listed(offsite.storage, held)
+    return listed
 
 
 def _apply(

@@ -316,7 +316,51 @@ def _port(data_dir) -> int:  # noqa: ANN001
     return int((data_dir / "postmaster.pid").read_text().splitlines()[3])
 
 
-@pytest.mark.slow
+def stock_commands(runbook: str, backup, cluster, workdir, tools=None):  # noqa: ANN001, ANN201
+    """The runbook's stock-tools commands as an operator would fill them in for this
+    backup, restoring into ``WORKDIR/bare`` (its server on a free port), and its
+    fetch-wal.sh written beside; ``tools``: words to replace by a full path. Returns the
+    commands, the folder and the port."""
+    blocks = runbook.split("```sh\n")
+    stock = blocks[2].split("```")[0]  # the stock-tools commands
+    fetch = blocks[3].split("```")[0]  # fetch-wal.sh
+    for word, path in (tools or {}).items():
+        stock, fetch = stock.replace(word, path), fetch.replace(word, path)
+    to, script = workdir / "bare", workdir / "fetch-wal.sh"
+    script.write_text(fetch)
+    script.chmod(0o755)
+    port = free_port()
+    commands = (
+        stock.replace("/srv/pg/main", str(to))
+        .replace("base/DAY/LABEL", f"base/{backup.date}/{backup.label}")
+        .replace("/usr/local/bin/fetch-wal.sh", str(script))
+        .replace("install -m 755 fetch-wal.sh", "true")
+        .replace("archive_mode = 'off'", f"archive_mode = 'off'\nport = {port}")
+    )
+    return commands, to, port
+
+
+def restored_rows(cluster, to, port: int, timeout: float) -> int:  # noqa: ANN001
+    """Once the server the runbook started in ``to`` has left recovery: its orders rows;
+    the server is stopped afterwards."""
+    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                with psycopg.connect(dsn) as conn:
+                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        return conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+            except psycopg.OperationalError:
+                pass
+            log = to / "startup.log"
+            assert time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else ""
+            time.sleep(0.3)
+    finally:
+        stop = [str(cluster.bindir / "pg_ctl"), "-D", str(to), "-m", "fast", "stop"]
+        subprocess.run(["runuser", "-u", "postgres", "--", *stop], check=False, capture_output=True)
+
+
 def test_the_runbooks_s3_commands_restore_the_cluster(archiving, workdir, age_key, s3_endpoint):
     """The runbook's stock-tools commands for an S3 offsite store (`aws s3`, age, zstd, tar,
     and fetch-wal.sh as restore_command) restore the cluster from the bucket alone."""
@@ -345,22 +389,9 @@ def test_the_runbooks_s3_commands_restore_the_cluster(archiving, workdir, age_ke
     assert shipped.objects > 0 and shipped.ok
     runbook = pgbackup("runbook", config=config).stdout
     assert f"aws s3 --endpoint-url {s3_endpoint} cp" in runbook
-    blocks = runbook.split("```sh\n")
-    aws = str(BIN / "aws")  # an operator has `aws` on PATH; the server's su does not keep ours
-    stock = blocks[2].split("```")[0].replace("aws s3 ", f"{aws} s3 ")
-    fetch = blocks[3].split("```")[0].replace("aws s3 ", f"{aws} s3 ")
-    to, script = workdir / "bare", workdir / "fetch-wal.sh"
-    script.write_text(fetch)
-    script.chmod(0o755)
-    port = free_port()
-    commands = (
-        stock.replace("/srv/pg/main", str(to))
-        .replace("base/DAY/LABEL", f"base/{backup.date}/{backup.label}")
-        .replace("/usr/local/bin/fetch-wal.sh", str(script))
-        .replace("install -m 755 fetch-wal.sh", "true")
-        .replace("archive_mode = 'off'", f"archive_mode = 'off'\nport = {port}")
-        .replace("su postgres -c 'pg_ctl", f"su postgres -c '{cluster.bindir}/pg_ctl")
-    )
+    # An operator has `aws` and pg_ctl on PATH; the server's `su` keeps neither of ours.
+    tools = {"aws s3 ": f"{BIN / 'aws'} s3 ", "-c 'pg_ctl ": f"-c '{cluster.bindir}/pg_ctl "}
+    commands, to, port = stock_commands(runbook, backup, cluster, workdir, tools)
     newest = commands.split("\n", 1)[0]  # the listing that finds the newest backup
     listing = subprocess.run(
         ["bash", "-o", "pipefail", "-c", newest], capture_output=True, text=True
@@ -370,27 +401,11 @@ def test_the_runbooks_s3_commands_restore_the_cluster(archiving, workdir, age_ke
         ["bash", "-euo", "pipefail", "-c", commands], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
-    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with psycopg.connect(dsn) as conn:
-                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                        # Replayed from the bucket's WAL past the backup: the later rows too.
-                        rows = conn.execute("SELECT count(*) FROM orders").fetchone()
-                        assert rows == (20500,), (to / "startup.log").read_text()[-3000:]
-                        break
-            except psycopg.OperationalError:
-                pass
-            log = to / "startup.log"
-            assert time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else ""
-            time.sleep(0.3)
-    finally:
-        stop = [str(cluster.bindir / "pg_ctl"), "-D", str(to), "-m", "fast", "stop"]
-        subprocess.run(["runuser", "-u", "postgres", "--", *stop], check=False, capture_output=True)
+    # Replayed from the bucket's WAL past the backup: the later rows too.
+    assert restored_rows(cluster, to, port, timeout=90) == 20500
 
 
+@pytest.mark.slow
 def test_the_runbooks_stock_tool_commands_restore_the_cluster(archiving, workdir, age_key):
     """What the runbook tells an operator without pgbackup (age, zstd, tar, sh) restores."""
     cluster, config = archiving
@@ -400,39 +415,11 @@ def test_the_runbooks_stock_tool_commands_restore_the_cluster(archiving, workdir
     report = rehearse(cfg, "main", WEEK, quiet)
     assert report.passed, report.problems
     runbook = pgbackup("runbook", config=config).stdout
-    blocks = runbook.split("```sh\n")
-    stock = blocks[2].split("```")[0]  # the stock-tools commands
-    fetch = blocks[3].split("```")[0]  # fetch-wal.sh
     backup = find_base_backup(repo, "main", TODAY.isoformat())
-    to, script = workdir / "bare", workdir / "fetch-wal.sh"
-    script.write_text(fetch)
-    script.chmod(0o755)
-    port = free_port()
-    commands = (
-        stock.replace("/srv/pg/main", str(to))
-        .replace("base/DAY/LABEL", f"base/{backup.date}/{backup.label}")
-        .replace("/usr/local/bin/fetch-wal.sh", str(script))
-        .replace("install -m 755 fetch-wal.sh", "true")
-        .replace("archive_mode = 'off'", f"archive_mode = 'off'\nport = {port}")
-    )
+    commands, to, port = stock_commands(runbook, backup, cluster, workdir)
     assert "age -d -i" in commands and "zstd -d" in commands and "tar -x" in commands
     proc = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", commands], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
-    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with psycopg.connect(dsn) as conn:
-                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (20000,)
-                        break
-            except psycopg.OperationalError:
-                pass
-            assert time.monotonic() < deadline, (to / "startup.log").read_text()[-2000:]
-            time.sleep(0.3)
-    finally:
-        stop = [str(cluster.bindir / "pg_ctl"), "-D", str(to), "-m", "fast", "stop"]
-        subprocess.run(["runuser", "-u", "postgres", "--", *stop], check=False, capture_output=True)
+    assert restored_rows(cluster, to, port, timeout=60) == 20000

@@ -19,6 +19,7 @@ import pytest
 
 from pg_backup_assets.core.postgres.local_cluster import LocalCluster, hand_over
 from pg_backup_assets.core.storage.codec import generate_identity
+from pg_backup_assets.core.tools import stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -319,12 +320,6 @@ def stop_session(proc: subprocess.Popen, timeout: float) -> None:
     then whatever it left in its session: a daemon's code server, a run's worker."""
     import signal
 
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop(proc, timeout)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)

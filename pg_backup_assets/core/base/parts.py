@@ -25,19 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pg_backup_assets.core.base.untar import header
+from pg_backup_assets.core.base.untar import BLOCK, PREFIX_TYPES, header
 from pg_backup_assets.core.catalog import CONTROL_FILE, Part
 from pg_backup_assets.core.errors import IntegrityError, PgBackupError
 from pg_backup_assets.core.storage.codec import Codec, Encoded, sha256_of
 from pg_backup_assets.core.tools import age_command
 
-BLOCK = 512
 MANIFEST = "backup_manifest"
 CONTROL_PART = "pg_control.tar"
 _END = bytes(2 * BLOCK)  # a tar archive ends with two zero blocks
 _READ = 1 << 20
-# Headers that describe the member after them (pax, GNU long names): kept with it.
-_PREFIX_TYPES = (b"x", b"g", b"L", b"K")
 
 
 def wide_pipe(f: BinaryIO) -> None:
@@ -267,7 +264,7 @@ class Splitter:
                 break
             name, size, kind = header(block, "pg_basebackup's stream")
             padded = -(-size // BLOCK) * BLOCK
-            if kind in _PREFIX_TYPES:
+            if kind in PREFIX_TYPES:  # kept with the member it describes
                 pending += block + stream.read_exact(padded)
                 continue
             if name == MANIFEST and not pending:

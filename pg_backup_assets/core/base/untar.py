@@ -31,6 +31,8 @@ _REGULAR = (b"0", b"\0", b"7")
 _FOLDER = b"5"
 _SYMLINK = b"2"
 _LONG_NAME, _LONG_LINK, _PAX, _PAX_GLOBAL = b"L", b"K", b"x", b"g"
+# Headers that describe the member after them (GNU long names, pax records).
+PREFIX_TYPES = (_LONG_NAME, _LONG_LINK, _PAX, _PAX_GLOBAL)
 
 
 class Readable(Protocol):
@@ -132,7 +134,7 @@ def _extract(src: Readable, to: Path, what: str, members: Collection[str] | None
         if not any(block):  # the end of the archive
             break
         name, size, kind = header(block, what)
-        if kind in (_LONG_NAME, _LONG_LINK, _PAX, _PAX_GLOBAL):
+        if kind in PREFIX_TYPES:
             data = _exact(src, size + -size % BLOCK, what)[:size]
             if kind == _LONG_NAME:
                 long_name = data.split(b"\0", 1)[0].decode()

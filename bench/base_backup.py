@@ -41,6 +41,8 @@ import datetime as dt
 import importlib
 import os
 import re
+import secrets
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -54,6 +56,7 @@ from typing import Any, BinaryIO
 
 from common import (
     STANZA,
+    ZSTD_LEVEL,
     BenchError,
     as_postgres,
     as_ratio,
@@ -113,19 +116,29 @@ PGBR_OPTIONS = {
     "repo1-retention-full": "99",  # nothing expires during the run; silences a warning
     "archive-async": "n",
 }
+PGBR_CIPHER = "aes-256-cbc"  # pgBackRest's only cipher; its repo2, beside the plain repo1
 
 B_OURS = "pgbackup base backup"
 B_OURS_AGE = "pgbackup base backup, age"
 B_PGBB = "pg_basebackup (bare)"
 B_PGBR = "pgBackRest backup"
-BACKUPS = (B_OURS, B_OURS_AGE, B_PGBB, B_PGBR)
+B_PGBR_ENC = "pgBackRest backup, aes-256-cbc"
+# Where compression happens (issue: "decided by measurement"): the stream pg_basebackup
+# sends with none, zstd on the client without cutting it into parts, and lz4 on the server
+# then zstd on the client. The bare row above is zstd on the server.
+B_RAW = "pg_basebackup, plain stream to /dev/null (reference)"
+B_ZSTD = "pg_basebackup, zstd on the client, not cut into parts (reference)"
+B_LZ4 = "pg_basebackup, lz4 on the server, zstd on the client (reference)"
+BACKUPS = (B_OURS, B_OURS_AGE, B_PGBB, B_PGBR, B_PGBR_ENC, B_RAW, B_ZSTD, B_LZ4)
+STREAMS = (B_RAW, B_ZSTD, B_LZ4)
 R_OURS = "pgbackup restore"
 R_OURS_AGE = "pgbackup restore, age"
 R_PGBR = "pgBackRest restore"
+R_PGBR_ENC = "pgBackRest restore, aes-256-cbc"
 R_TAR = "tar --zstd -x of our parts, one by one (reference)"
 R_OURS_1 = "pgbackup restore, 1 worker"
 R_PGBR_1 = "pgBackRest restore, process-max=1"
-RESTORES = (R_OURS, R_OURS_AGE, R_PGBR, R_TAR, R_OURS_1, R_PGBR_1)
+RESTORES = (R_OURS, R_OURS_AGE, R_PGBR, R_PGBR_ENC, R_TAR, R_OURS_1, R_PGBR_1)
 D_OURS = "pgbackup restore --delta"
 D_OURS_READ = "pgbackup restore --delta, every file read (no restore record)"
 D_PGBR = "pgBackRest restore --delta"
@@ -355,7 +368,11 @@ class Setup:
     ours_repo: Path
     age_repo: Path
     pgbr_repo: Path
+    pgbr_enc_repo: Path
     own: list[int] = field(default_factory=list)
+
+    def pgbr_path(self, repo: int) -> Path:
+        return self.pgbr_repo if repo == 1 else self.pgbr_enc_repo
 
     @property
     def mine(self) -> set[str]:
@@ -420,16 +437,18 @@ def pgbb_backup(s: Setup, rnd: str) -> tuple[Callable[[], dict[str, Any]], list[
     return go, cmd, dest
 
 
-def pgbr_backup(s: Setup) -> tuple[Callable[[], dict[str, Any]], list[str]]:
-    cmd = pgbackrest_cmd(s.exe, s.pgbr_conf, "backup", "--type=full")
+def pgbr_backup(s: Setup, repo: int = 1) -> tuple[Callable[[], dict[str, Any]], list[str]]:
+    """A full backup into pgBackRest's ``repo`` (1: plain, 2: encrypted)."""
+    cmd = pgbackrest_cmd(s.exe, s.pgbr_conf, "backup", "--type=full", f"--repo={repo}")
+    path = s.pgbr_path(repo)
 
     def go() -> dict[str, Any]:
-        had = set(pgbr_sets(s.pgbr_repo))
+        had = set(pgbr_sets(path))
         run(cmd, "pgbackrest backup", timeout=3600)
-        new = [x for x in pgbr_sets(s.pgbr_repo) if x not in had]
+        new = [x for x in pgbr_sets(path) if x not in had]
         if len(new) != 1:
             raise BenchError(f"expected one new pgBackRest backup set, found {new}")
-        folder = s.pgbr_repo / "backup" / STANZA / new[0]
+        folder = path / "backup" / STANZA / new[0]
         return {
             "bytes": tree_bytes(folder),
             "files": len(files_under(folder)),
@@ -492,15 +511,48 @@ def _quiet(_msg: str) -> None:
 
 
 def pgbr_restore(
-    s: Setup, dest: Path, *options: str
+    s: Setup, dest: Path, *options: str, repo: int = 1
 ) -> tuple[Callable[[], dict[str, Any]], list[str]]:
-    cmd = pgbackrest_cmd(s.exe, s.pgbr_conf, f"--pg1-path={dest}", *options, "restore")
+    """A restore from pgBackRest's ``repo`` (named: with two, it would pick either)."""
+    cmd = pgbackrest_cmd(
+        s.exe, s.pgbr_conf, f"--pg1-path={dest}", f"--repo={repo}", *options, "restore"
+    )
 
     def go() -> dict[str, Any]:
         run(cmd, "pgbackrest restore", timeout=3600)
         return {"bytes": tree_bytes(dest), "files": len(files_under(dest))}
 
     return go, cmd
+
+
+def stream_backup(
+    s: Setup, label: str, rnd: str
+) -> tuple[Callable[[], dict[str, Any]], list[str], Path]:
+    """``pg_basebackup``'s stream with compression in another place than ours (``STREAMS``),
+    not cut into parts, without a manifest where a compressed stream cannot carry one."""
+    out = s.work / f"stream-{rnd}.tar.zst"
+    pgbb = [tool("pg_basebackup", 15), "-Ft", "-X", "none", "-c", "fast", "-D", "-"]
+    conn = ["-h", "127.0.0.1", "-p", str(s.cluster.port), "-U", "postgres", "--no-password"]
+    zstd = ["zstd", f"-{ZSTD_LEVEL}", f"-T{os.cpu_count() or 1}", "-q", "-f", "-o", str(out)]
+    if label == B_RAW:
+        stages = [[*pgbb, *conn]]
+    elif label == B_ZSTD:
+        stages = [[*pgbb, *conn], zstd]
+    else:
+        lz4 = ["--no-manifest", "--compress=server-lz4"]
+        stages = [[*pgbb, *lz4, *conn], ["lz4", "-d", "-q"], zstd]
+    cmd = " | ".join(shlex.join(st) for st in stages) + (" > /dev/null" if label == B_RAW else "")
+
+    def go() -> dict[str, Any]:
+        proc = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, check=False
+        )
+        if proc.returncode != 0:
+            raise BenchError(f"{label} failed: {proc.stderr.decode()[-2000:]}")
+        size = out.stat().st_size if out.exists() else 0
+        return {"bytes": size, "files": int(out.exists())}
+
+    return go, [cmd], out
 
 
 def tar_restore(archives: list[Path], dest: Path) -> tuple[Callable[[], dict[str, Any]], list[str]]:
@@ -610,6 +662,15 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
     ours_repo = owned_dir(work / "ours-repo")
     age_repo = owned_dir(work / "ours-age-repo")
     pgbr_repo = owned_dir(work / "pgbackrest-repo")
+    pgbr_enc_repo = owned_dir(work / "pgbackrest-enc-repo")
+    cipher_pass = secrets.token_urlsafe(32)
+    pgbr_options = {
+        **PGBR_OPTIONS,
+        "repo2-path": str(pgbr_enc_repo),
+        "repo2-cipher-type": PGBR_CIPHER,
+        "repo2-cipher-pass": cipher_pass,
+        "repo2-retention-full": "99",
+    }
     key_text, recipient = generate_identity()
     key = work / "age.key"
     key.write_text(key_text)
@@ -622,11 +683,14 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
         day=day,
         ours_conf=ours_conf(work / "ours.yaml", ours_repo, cluster, None),
         age_conf=ours_conf(work / "ours-age.yaml", age_repo, cluster, recipient, key),
-        pgbr_conf=pgbackrest_conf(work / "pgbackrest.conf", pgbr_repo, work, cluster, PGBR_OPTIONS),
+        pgbr_conf=pgbackrest_conf(work / "pgbackrest.conf", pgbr_repo, work, cluster, pgbr_options),
         ours_repo=ours_repo,
         age_repo=age_repo,
         pgbr_repo=pgbr_repo,
+        pgbr_enc_repo=pgbr_enc_repo,
     )
+    s.pgbr_conf.chmod(0o640)  # it holds the cipher pass: readable by root and postgres only
+    shutil.chown(s.pgbr_conf, group="postgres")
     settings, both = source_settings(exe, s.ours_conf, s.pgbr_conf)
     cluster.init(settings, fast=True).start()
     s.own = [pid for pid in [postmaster_pid(cluster)] if pid]
@@ -683,15 +747,23 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
             commands[B_PGBB] = shown(cmd, DIR=dest, WORK=work) + "   # as root"
             op = measure(label, rnd, go, work, s.own, s.mine)
             shutil.rmtree(dest)
+        elif label in STREAMS:
+            go, cmd, dest = stream_backup(s, label, f"{rnd}-{attempt}")
+            commands[label] = shown(cmd, FILE=dest, WORK=work) + "   # as root"
+            op = measure(label, rnd, go, work, s.own, s.mine)
+            dest.unlink(missing_ok=True)
         else:
-            go, cmd = pgbr_backup(s)
-            commands[B_PGBR] = shown(cmd, WORK=work) + "   # as postgres"
-            op = measure(label, rnd, go, s.pgbr_repo, s.own, s.mine)
+            n = 1 if label == B_PGBR else 2
+            go, cmd = pgbr_backup(s, n)
+            commands[label] = shown(cmd, WORK=work) + "   # as postgres"
+            op = measure(label, rnd, go, s.pgbr_path(n), s.own, s.mine)
             old = kept.get(label)
             if old:
-                expire = pgbackrest_cmd(exe, s.pgbr_conf, "expire", f"--set={old['label']}")
+                expire = pgbackrest_cmd(
+                    exe, s.pgbr_conf, "expire", f"--repo={n}", f"--set={old['label']}"
+                )
                 run(expire, "pgbackrest expire")
-        if label != B_PGBB:
+        if label != B_PGBB and label not in STREAMS:
             kept[label] = op.detail
         return op
 
@@ -729,6 +801,9 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
         elif label == R_PGBR:
             go, cmd = pgbr_restore(s, dest)
             commands[R_PGBR] = shown(cmd, DIR=dest, WORK=work) + "   # as postgres"
+        elif label == R_PGBR_ENC:
+            go, cmd = pgbr_restore(s, dest, repo=2)
+            commands[R_PGBR_ENC] = shown(cmd, DIR=dest, WORK=work) + "   # as postgres"
         elif label == R_PGBR_1:
             go, cmd = pgbr_restore(s, dest, "--process-max=1")
             commands[R_PGBR_1] = shown(cmd, DIR=dest, WORK=work) + "   # as postgres"
@@ -825,7 +900,9 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
         "settings": settings,
         "ours_yaml": s.ours_conf.read_text().replace(str(work), "WORK"),
         "age_yaml": s.age_conf.read_text().replace(str(work), "WORK").replace(recipient, "age1…"),
-        "pgbackrest_conf": s.pgbr_conf.read_text().replace(str(work), "WORK"),
+        "pgbackrest_conf": s.pgbr_conf.read_text()
+        .replace(str(work), "WORK")
+        .replace(cipher_pass, "…"),
         "archive_command": both.replace(str(work), "WORK"),
         "problems": [f"{k}: {v}" for k, v in verified.items() if v != "identical rows"],
         "churn_share": CHURN_SHARE,
@@ -877,9 +954,12 @@ def stats(ops: list[dict], label: str) -> dict[str, Any]:
 def render(r: dict) -> str:
     """The report, from the raw results alone (what the columns mean: bench/README.md)."""
     m, db, ops = r["machine"], r["database"], r["ops"]
-    st = {label: stats(ops, label) for label in (*BACKUPS, *RESTORES, *DELTAS)}
-    b_ours, b_age, b_pgbb, b_pgbr = (st[x] for x in BACKUPS)
-    r_ours, r_age, r_pgbr, r_tar, r_ours1, r_pgbr1 = (st[x] for x in RESTORES)
+    present = {o["label"] for o in ops}  # older raw results lack the newer rows
+    st = {x: stats(ops, x) for x in (*BACKUPS, *RESTORES, *DELTAS) if x in present}
+    b_ours, b_age, b_pgbb, b_pgbr = (st[x] for x in (B_OURS, B_OURS_AGE, B_PGBB, B_PGBR))
+    r_ours, r_age, r_pgbr, r_tar = (st[x] for x in (R_OURS, R_OURS_AGE, R_PGBR, R_TAR))
+    r_ours1, r_pgbr1 = st[R_OURS_1], st[R_PGBR_1]
+    b_enc, r_enc = st.get(B_PGBR_ENC), st.get(R_PGBR_ENC)
     d_ours, d_read, d_pgbr = (st[x] for x in DELTAS)
     delta_op = next(o for o in ops if o["label"] == D_OURS)
     extracted = delta_op["detail"].get("extracted", {})
@@ -936,8 +1016,16 @@ def render(r: dict) -> str:
             "",
             *table(
                 (*head, "vs pg_basebackup", "output"),
-                [row("backup", x, (b_pgbr, b_pgbb)) for x in BACKUPS]
-                + [row("restore", x, (r_pgbr, None)) for x in (R_OURS, R_OURS_AGE, R_PGBR, R_TAR)]
+                [
+                    row("backup", x, ((b_enc or b_pgbr) if x == B_OURS_AGE else b_pgbr, b_pgbb))
+                    for x in BACKUPS
+                    if x in st
+                ]
+                + [
+                    row("restore", x, ((r_enc or r_pgbr) if x == R_OURS_AGE else r_pgbr, None))
+                    for x in (R_OURS, R_OURS_AGE, R_PGBR, R_PGBR_ENC, R_TAR)
+                    if x in st
+                ]
                 + [row("restore, 1 worker", x, (r_pgbr1, None)) for x in (R_OURS_1, R_PGBR_1)]
                 + [row("delta restore", x, (d_pgbr, None)) for x in DELTAS],
                 "llc" + "r" * 6,
@@ -952,7 +1040,27 @@ def render(r: dict) -> str:
             f"{as_ratio(b_age['median'] / b_ours['median'], bold=True)}, restore "
             f"{as_ratio(r_age['median'] / r_ours['median'], bold=True)}; durable: backup "
             f"{as_ratio(b_age['durable'] / b_ours['durable'])}, restore "
-            f"{as_ratio(r_age['durable'] / r_ours['durable'])}.",
+            f"{as_ratio(r_age['durable'] / r_ours['durable'])}."
+            + (
+                ""
+                if b_enc is None or r_enc is None
+                else f" pgBackRest ({PGBR_CIPHER} ÷ plain): backup "
+                f"{as_ratio(b_enc['median'] / b_pgbr['median'])}, restore "
+                f"{as_ratio(r_enc['median'] / r_pgbr['median'])}. The age rows compare with "
+                f"pgBackRest's {PGBR_CIPHER} rows, the other rows with its plain ones."
+            ),
+            *(
+                [
+                    "- Where compression happens, backup medians: on the server (zstd, the "
+                    f"bare `pg_basebackup` row) {b_pgbb['median']:.2f} s; on the client, "
+                    f"cut into parts (ours) {b_ours['median']:.2f} s, not cut "
+                    f"{st[B_ZSTD]['median']:.2f} s; lz4 on the server, then zstd on the client "
+                    f"{st[B_LZ4]['median']:.2f} s; the plain stream alone, to /dev/null, "
+                    f"{st[B_RAW]['median']:.2f} s."
+                ]
+                if all(x in st for x in STREAMS)
+                else []
+            ),
             "- Workers (ours: parts extracted at once; pgBackRest: `process-max`), restore "
             f"medians: ours 1 → 2 workers {r_ours1['median']:.2f} → {r_ours['median']:.2f} s "
             f"({as_ratio(r_ours['median'] / r_ours1['median'])}), pgBackRest 1 → 2 "

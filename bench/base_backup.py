@@ -144,6 +144,9 @@ D_OURS_READ = "pgbackup restore --delta, every file read (no restore record)"
 D_PGBR = "pgBackRest restore --delta"
 DELTAS = (D_OURS, D_OURS_READ, D_PGBR)
 CHURN_SHARE = 0.05  # the share of the database a delta restore finds changed
+# --largest: ours and pgBackRest only, plain, on the largest database the disk holds.
+NAME_LARGEST = "base_backup_largest"
+HEADING_LARGEST = "## Base backup and restore at the largest size this disk allows"
 
 
 # -- ours, with its phases timed ------------------------------------------------------------
@@ -910,6 +913,153 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
     return finish(NAME, HEADING, render, report, WHY, args.no_report)
 
 
+def bench_largest(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster) -> int:
+    """``--largest``: ours and pgBackRest only, plain, backup and restore; the disk holds
+    the cluster, one or two backups per tool and one restored copy at a time. The load is
+    not archived (nothing restores that far back): archiving starts after it."""
+    engine = engine_fingerprint()
+    base_used = shutil.disk_usage(work).used
+    peak = {"used": 0}
+
+    def disk() -> None:
+        peak["used"] = max(peak["used"], shutil.disk_usage(work).used - base_used)
+
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    ours_repo, pgbr_repo = owned_dir(work / "ours-repo"), owned_dir(work / "pgbackrest-repo")
+    s = Setup(
+        work=work,
+        exe=exe,
+        cluster=cluster,
+        day=day,
+        ours_conf=ours_conf(work / "ours.yaml", ours_repo, cluster, None),
+        age_conf=work / "unused.yaml",
+        pgbr_conf=pgbackrest_conf(work / "pgbackrest.conf", pgbr_repo, work, cluster, PGBR_OPTIONS),
+        ours_repo=ours_repo,
+        age_repo=work / "unused",
+        pgbr_repo=pgbr_repo,
+        pgbr_enc_repo=work / "unused",
+    )
+    settings, both = source_settings(exe, s.ours_conf, s.pgbr_conf)
+    cluster.init({**settings, "archive_command": "'/bin/true'"}, fast=True).start()
+    s.own = [pid for pid in [postmaster_pid(cluster)] if pid]
+    pg_version = sql(cluster, "SHOW server_version")[0][0]
+    pgbr_version = run([*as_postgres(), exe, "version"], "pgbackrest version").stdout.strip()
+    db = load(cluster, args.scale, args.random_share, int(args.min_gib * GIB))
+    disk()
+    sql(cluster, f"ALTER SYSTEM SET archive_command = {settings['archive_command']}")
+    sql(cluster, "SELECT pg_reload_conf()")
+    run(pgbackrest_cmd(exe, s.pgbr_conf, "stanza-create"), "pgbackrest stanza-create")
+    run(pgbackrest_cmd(exe, s.pgbr_conf, "check"), "pgbackrest check")  # archiving works
+    want = fingerprint(cluster)
+    log(f"database: {db['db_bytes'] / GIB:.2f} GiB (pg_database_size)")
+
+    ops: list[Op] = []
+    kept: dict[str, Any] = {}
+    verified: dict[str, str] = {}
+    do_ours = ours_backup(s, s.ours_conf)
+    for rnd in range(-args.warmup, args.reps):
+        wait_idle(args.wait_idle, str(cluster.data), args.max_busy, s.own)
+        log(f"backup round {rnd + 1}/{args.reps}" if rnd >= 0 else "backup warm-up (untimed)")
+        for label in rotated((B_OURS, B_PGBR), rnd):
+            old = kept.get(label)
+            if label == B_OURS:
+                if old:  # before the next one: one backup of ours on the disk at a time
+                    shutil.rmtree(s.ours_repo / old["prefix"])
+                op = measure(label, rnd, do_ours, s.ours_repo, s.own, s.mine)
+            else:
+                go, _cmd = pgbr_backup(s)
+                op = measure(label, rnd, go, s.pgbr_repo, s.own, s.mine)
+                disk()
+                if old:  # pgBackRest keeps at least one full backup: the old one goes after
+                    expire = pgbackrest_cmd(exe, s.pgbr_conf, "expire", f"--set={old['label']}")
+                    run(expire, "pgbackrest expire")
+            disk()
+            kept[label] = op.detail
+            ops.append(op)
+    for rnd in range(-args.warmup, args.reps):
+        wait_idle(args.wait_idle, str(cluster.data), args.max_busy, s.own)
+        log(f"restore round {rnd + 1}/{args.reps}" if rnd >= 0 else "restore warm-up (untimed)")
+        for label in rotated((R_OURS, R_PGBR), rnd):
+            dest = empty_dir(work / f"restore-{rnd}")
+            go = ours_restore(s, s.ours_conf, dest) if label == R_OURS else pgbr_restore(s, dest)[0]
+            ops.append(measure(label, rnd, go, dest, s.own, s.mine))
+            disk()
+            if rnd == args.reps - 1:  # the last one of each is started and compared
+                log(f"starting the last {label} to check it")
+                verified[label] = check_restored(dest, work / f"check-{rnd}", want)
+                log(f"  {label}: {verified[label]}")
+                disk()
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.rmtree(work / f"check-{rnd}", ignore_errors=True)
+    report = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "fs": subprocess.run(
+            ["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True
+        ).stdout.strip(),
+        "pg_version": pg_version,
+        "pgbackrest_version": pgbr_version,
+        "reps": args.reps,
+        "warmup": args.warmup,
+        "engine": engine,
+        "engine_changed_during_run": engine != engine_fingerprint(),
+        "database": db,
+        "ops": [vars(o) for o in ops],
+        "verified": verified,
+        "disk": {"peak_used": peak["used"], "free_at_start": shutil.disk_usage(work).free},
+        "problems": [f"{k}: {v}" for k, v in verified.items() if v != "identical rows"],
+    }
+    return finish(NAME_LARGEST, HEADING_LARGEST, render_largest, report, WHY, args.no_report)
+
+
+def render_largest(r: dict) -> str:
+    """``--largest``'s report, from its raw results alone."""
+    m, db, ops = r["machine"], r["database"], r["ops"]
+    st = {x: stats(ops, x) for x in (B_OURS, B_PGBR, R_OURS, R_PGBR)}
+    rows = []
+    for kind, ours, peer in (("backup", B_OURS, B_PGBR), ("restore", R_OURS, R_PGBR)):
+        for label in (ours, peer):
+            x = st[label]
+            rows.append(
+                (
+                    kind,
+                    label,
+                    x["n"],
+                    f"{x['median']:.2f}",
+                    f"{x['min']:.2f}–{x['max']:.2f}",
+                    f"{x['durable']:.2f}",
+                    as_ratio(x["median"] / st[peer]["median"], label == ours),
+                    f"{mib(x['bytes'])}, {x['files']:,} files",
+                )
+            )
+    head = ("run", "tool", "runs", "median s", "min–max s", "durable s", "vs pgBackRest", "output")
+    return "\n".join(
+        [
+            HEADING_LARGEST,
+            "",
+            measured(
+                r,
+                f'bench-base BENCH_ARGS="--largest --scale {db["scale"]}"',
+                f"PostgreSQL {r['pg_version']}, {r['pgbackrest_version']}, Python {m['python']}",
+            ),
+            "",
+            *table(head, rows, "llc" + "r" * 5),
+            "",
+            f"- Database: {db['db_bytes'] / GIB:.2f} GiB (`pgbench -s {db['scale']}` and "
+            f"{db['share_wanted']:.0%} random rows); data directory without `pg_wal` "
+            f"{mib(db['data_dir_bytes'])}. Peak disk use of the run "
+            f"{r['disk']['peak_used'] / GIB:.1f} GiB; the same options and tools as the section "
+            "above, plain only, 2 workers (`process-max=2`).",
+            f"- {r['reps']} runs per tool after {r['warmup']} warm-up round(s). Restores started "
+            "and compared with the source: "
+            + "; ".join(f"{k}: {v}" for k, v in r["verified"].items())
+            + ".",
+            engine_note(r),
+            "",
+        ]
+    )
+
+
 # -- the report --------------------------------------------------------------------------------
 PHASES = {  # rows of "where ours goes": what, and its phase (None: the whole run)
     "backup": (
@@ -1127,12 +1277,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report_options(p)
     p.add_argument("--keep", action="store_true", help="keep the scratch folder in bench/out")
+    p.add_argument(
+        "--largest",
+        action="store_true",
+        help="ours and pgBackRest only, plain: the largest database the disk holds (a "
+        "section of its own)",
+    )
     args = p.parse_args(argv)
     if args.render_only:
+        if args.largest:
+            return rerender(NAME_LARGEST, HEADING_LARGEST, render_largest, WHY, args.no_report)
         return rerender(NAME, HEADING, render, WHY, args.no_report)
     if args.reps < 3 and not args.no_report:
         p.error("--reps must be at least 3 for a report (or pass --no-report)")
     require_server_user(p)
+    if args.largest:
+        return run_with_pgbackrest(NAME_LARGEST, args, bench_largest)
     return run_with_pgbackrest(NAME, args, bench)
 
 

@@ -61,6 +61,7 @@ from common import (
     as_postgres,
     as_ratio,
     engine_note,
+    ensure_command,
     files_under,
     finish,
     foreign_cpu,
@@ -661,6 +662,7 @@ def source_settings(exe: str, ours: Path, pgbr: Path) -> tuple[dict[str, str], s
 
 def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster) -> int:
     engine = engine_fingerprint()  # the code imported at start-up is the code that runs
+    ensure_command("lz4", "lz4")  # the reference row with lz4 on the server
     day = dt.datetime.now(dt.UTC).date().isoformat()
     ours_repo = owned_dir(work / "ours-repo")
     age_repo = owned_dir(work / "ours-age-repo")

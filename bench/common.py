@@ -104,23 +104,29 @@ def owned_dir(path: Path) -> Path:
 
 
 # -- pgBackRest ------------------------------------------------------------------------------
-def ensure_pgbackrest() -> str:
-    """The pgbackrest binary; installed from Debian's packages when missing (benchmark only)."""
-    exe = shutil.which("pgbackrest")
+def ensure_command(command: str, package: str) -> str:
+    """``command``'s path; ``package`` installed from Debian's packages when it is missing
+    (benchmark only)."""
+    exe = shutil.which(command)
     if exe:
         return exe
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise BenchError("pgbackrest is not installed: apt-get install -y pgbackrest")
-    log("installing pgbackrest from Debian's packages (for this benchmark only)")
+        raise BenchError(f"{command} is not installed: apt-get install -y {package}")
+    log(f"installing {package} from Debian's packages (for this benchmark only)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-qq", "pgbackrest"]
+    cmd = ["apt-get", "install", "-y", "-qq", package]
     if subprocess.run(cmd, env=env, capture_output=True, check=False).returncode != 0:
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True)
         subprocess.run(cmd, env=env, check=True, capture_output=True)
-    exe = shutil.which("pgbackrest")
+    exe = shutil.which(command)
     if not exe:
-        raise BenchError("apt-get install pgbackrest succeeded but pgbackrest is not on PATH")
+        raise BenchError(f"apt-get install {package} succeeded but {command} is not on PATH")
     return exe
+
+
+def ensure_pgbackrest() -> str:
+    """The pgbackrest binary; installed from Debian's packages when missing (benchmark only)."""
+    return ensure_command("pgbackrest", "pgbackrest")
 
 
 def pgbackrest_conf(

@@ -67,7 +67,6 @@ from common import (
     foreign_cpu,
     load_now,
     log,
-    machine,
     measured,
     mib,
     ours_conf,
@@ -77,6 +76,7 @@ from common import (
     pgbench,
     postmaster_pid,
     quiet_options,
+    report_head,
     report_options,
     require_server_user,
     rerender,
@@ -367,16 +367,20 @@ class Setup:
     cluster: LocalCluster
     day: str
     ours_conf: Path
-    age_conf: Path
     pgbr_conf: Path
     ours_repo: Path
-    age_repo: Path
     pgbr_repo: Path
-    pgbr_enc_repo: Path
+    # age and pgBackRest's encrypted repo2: the full benchmark only (not --largest)
+    age_conf: Path | None = None
+    age_repo: Path | None = None
+    pgbr_enc_repo: Path | None = None
     own: list[int] = field(default_factory=list)
 
     def pgbr_path(self, repo: int) -> Path:
-        return self.pgbr_repo if repo == 1 else self.pgbr_enc_repo
+        path = self.pgbr_repo if repo == 1 else self.pgbr_enc_repo
+        if path is None:
+            raise BenchError(f"no pgBackRest repo{repo} in this run")
+        return path
 
     @property
     def mine(self) -> set[str]:
@@ -877,11 +881,7 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
         shutil.rmtree(dest, ignore_errors=True)
 
     report = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "fs": subprocess.run(
-            ["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True
-        ).stdout.strip(),
+        **report_head(work),
         "pg_version": pg_version,
         "pgbackrest_version": pgbr_version,
         "tar_version": subprocess.run(
@@ -928,19 +928,9 @@ def bench_largest(args: argparse.Namespace, exe: str, work: Path, cluster: Local
 
     day = dt.datetime.now(dt.UTC).date().isoformat()
     ours_repo, pgbr_repo = owned_dir(work / "ours-repo"), owned_dir(work / "pgbackrest-repo")
-    s = Setup(
-        work=work,
-        exe=exe,
-        cluster=cluster,
-        day=day,
-        ours_conf=ours_conf(work / "ours.yaml", ours_repo, cluster, None),
-        age_conf=work / "unused.yaml",
-        pgbr_conf=pgbackrest_conf(work / "pgbackrest.conf", pgbr_repo, work, cluster, PGBR_OPTIONS),
-        ours_repo=ours_repo,
-        age_repo=work / "unused",
-        pgbr_repo=pgbr_repo,
-        pgbr_enc_repo=work / "unused",
-    )
+    ours_yaml = ours_conf(work / "ours.yaml", ours_repo, cluster, None)
+    conf = pgbackrest_conf(work / "pgbackrest.conf", pgbr_repo, work, cluster, PGBR_OPTIONS)
+    s = Setup(work, exe, cluster, day, ours_yaml, conf, ours_repo, pgbr_repo)  # no age, no repo2
     settings, both = source_settings(exe, s.ours_conf, s.pgbr_conf)
     cluster.init({**settings, "archive_command": "'/bin/true'"}, fast=True).start()
     s.own = [pid for pid in [postmaster_pid(cluster)] if pid]
@@ -994,11 +984,7 @@ def bench_largest(args: argparse.Namespace, exe: str, work: Path, cluster: Local
             shutil.rmtree(dest, ignore_errors=True)
             shutil.rmtree(work / f"check-{rnd}", ignore_errors=True)
     report = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "fs": subprocess.run(
-            ["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True
-        ).stdout.strip(),
+        **report_head(work),
         "pg_version": pg_version,
         "pgbackrest_version": pgbr_version,
         "reps": args.reps,

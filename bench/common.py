@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
@@ -360,6 +361,16 @@ INTRO = (
     "bench-retention` and `make bench-rehearsal` from their raw results; what each measures "
     "and how to read its tables: `bench/README.md`.\n"
 )
+
+
+def report_head(work: Path) -> dict[str, Any]:
+    """The raw results' first keys: when, on which machine, on which filesystem (``work``'s)."""
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True)
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "fs": fs.stdout.strip(),
+    }
 
 
 def measured(r: Mapping[str, Any], target: str, versions: str) -> str:

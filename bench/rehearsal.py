@@ -33,7 +33,6 @@ import functools
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -62,7 +61,6 @@ from common import (
     finish,
     load_now,
     log,
-    machine,
     measured,
     mib,
     ours_conf,
@@ -71,6 +69,7 @@ from common import (
     pgbackrest_conf,
     postmaster_pid,
     quiet_options,
+    report_head,
     report_options,
     require_server_user,
     rerender,
@@ -365,11 +364,7 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
         for p in (o["problems"] or ([] if o["passed"] else ["did not pass"]))
     ]
     report = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "fs": subprocess.run(
-            ["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True
-        ).stdout.strip(),
+        **report_head(work),
         "pg_version": pg_version,
         "pgbackrest_version": pgbr_version,
         "rounds": args.rounds,

@@ -31,7 +31,6 @@ does not judge.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import os
@@ -61,9 +60,9 @@ from common import (
     finish,
     load_now,
     log,
-    machine,
     measured,
     mib,
+    report_head,
     report_options,
     rerender,
     server_cpu_s,
@@ -625,11 +624,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         moto.stop()
 
     report = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "fs": subprocess.run(
-            ["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True
-        ).stdout.strip(),
+        **report_head(work),
         "versions": {
             p: version(p) for p in ("boto3", "botocore", "s3transfer", "moto", "werkzeug")
         },

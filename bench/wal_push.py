@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import hashlib
 import importlib.util
 import io
@@ -71,7 +70,6 @@ from common import (
     foreign_cpu,
     load_now,
     log,
-    machine,
     measured,
     mib,
     ours_conf,
@@ -80,6 +78,7 @@ from common import (
     pgbackrest_conf,
     pgbench,
     postmaster_pid,
+    report_head,
     report_options,
     require_server_user,
     rerender,
@@ -1238,11 +1237,7 @@ def bench(args: argparse.Namespace, exe: str, work: Path, cluster: LocalCluster)
     foreign = sorted({s for x in loads for s in x["postgres_servers"]} - {str(cluster.data)})
     pyc_prefix = f"PYTHONPYCACHEPREFIX=WORK/pycache {' '.join(as_postgres())} "
     report = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "fs": subprocess.run(
-            ["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True
-        ).stdout.strip(),
+        **report_head(work),
         "pg_version": pg_version,
         "pgbackrest_version": pgbr_version,
         "segments": n,

@@ -920,7 +920,8 @@ def bench_largest(args: argparse.Namespace, exe: str, work: Path, cluster: Local
     the cluster, one or two backups per tool and one restored copy at a time. The load is
     not archived (nothing restores that far back): archiving starts after it."""
     engine = engine_fingerprint()
-    base_used = shutil.disk_usage(work).used
+    at_start = shutil.disk_usage(work)
+    base_used = at_start.used
     peak = {"used": 0}
 
     def disk() -> None:
@@ -954,18 +955,16 @@ def bench_largest(args: argparse.Namespace, exe: str, work: Path, cluster: Local
         log(f"backup round {rnd + 1}/{args.reps}" if rnd >= 0 else "backup warm-up (untimed)")
         for label in rotated((B_OURS, B_PGBR), rnd):
             old = kept.get(label)
+            if label == B_OURS and old:  # before the next: one backup of ours at a time
+                shutil.rmtree(s.ours_repo / old["prefix"])
             if label == B_OURS:
-                if old:  # before the next one: one backup of ours on the disk at a time
-                    shutil.rmtree(s.ours_repo / old["prefix"])
                 op = measure(label, rnd, do_ours, s.ours_repo, s.own, s.mine)
             else:
-                go, _cmd = pgbr_backup(s)
-                op = measure(label, rnd, go, s.pgbr_repo, s.own, s.mine)
-                disk()
-                if old:  # pgBackRest keeps at least one full backup: the old one goes after
-                    expire = pgbackrest_cmd(exe, s.pgbr_conf, "expire", f"--set={old['label']}")
-                    run(expire, "pgbackrest expire")
+                op = measure(label, rnd, pgbr_backup(s)[0], s.pgbr_repo, s.own, s.mine)
             disk()
+            if label == B_PGBR and old:  # pgBackRest keeps a full backup: the old one after
+                expire = pgbackrest_cmd(exe, s.pgbr_conf, "expire", f"--set={old['label']}")
+                run(expire, "pgbackrest expire")
             kept[label] = op.detail
             ops.append(op)
     for rnd in range(-args.warmup, args.reps):
@@ -994,32 +993,32 @@ def bench_largest(args: argparse.Namespace, exe: str, work: Path, cluster: Local
         "database": db,
         "ops": [vars(o) for o in ops],
         "verified": verified,
-        "disk": {"peak_used": peak["used"], "free_at_start": shutil.disk_usage(work).free},
+        "disk": {"peak_used": peak["used"], "free_at_start": at_start.free},
         "problems": [f"{k}: {v}" for k, v in verified.items() if v != "identical rows"],
     }
     return finish(NAME_LARGEST, HEADING_LARGEST, render_largest, report, WHY, args.no_report)
+
+
+def table_row(st: dict[str, dict], kind: str, label: str, peers: Sequence[dict | None]) -> tuple:
+    """A row of a report's first table: ``label``'s runs, median, spread, durable median,
+    its ratio to each of ``peers`` (bold for ours plain) and its output."""
+    x, bold = st[label], label in (B_OURS, R_OURS, R_OURS_1, D_OURS)
+    vs = [as_ratio(x["median"] / p["median"], bold) if p else "" for p in peers]
+    spread = f"{x['min']:.2f}–{x['max']:.2f}"
+    return (kind, label, x["n"], f"{x['median']:.2f}", spread, f"{x['durable']:.2f}", *vs) + (
+        f"{mib(x['bytes'])}, {x['files']:,} files",
+    )
 
 
 def render_largest(r: dict) -> str:
     """``--largest``'s report, from its raw results alone."""
     m, db, ops = r["machine"], r["database"], r["ops"]
     st = {x: stats(ops, x) for x in (B_OURS, B_PGBR, R_OURS, R_PGBR)}
-    rows = []
-    for kind, ours, peer in (("backup", B_OURS, B_PGBR), ("restore", R_OURS, R_PGBR)):
-        for label in (ours, peer):
-            x = st[label]
-            rows.append(
-                (
-                    kind,
-                    label,
-                    x["n"],
-                    f"{x['median']:.2f}",
-                    f"{x['min']:.2f}–{x['max']:.2f}",
-                    f"{x['durable']:.2f}",
-                    as_ratio(x["median"] / st[peer]["median"], label == ours),
-                    f"{mib(x['bytes'])}, {x['files']:,} files",
-                )
-            )
+    rows = [
+        table_row(st, kind, label, (st[peer],))
+        for kind, ours, peer in (("backup", B_OURS, B_PGBR), ("restore", R_OURS, R_PGBR))
+        for label in (ours, peer)
+    ]
     head = ("run", "tool", "runs", "median s", "min–max s", "durable s", "vs pgBackRest", "output")
     return "\n".join(
         [
@@ -1103,12 +1102,7 @@ def render(r: dict) -> str:
     extracted = delta_op["detail"].get("extracted", {})
 
     def row(kind: str, label: str, peers: tuple[dict, dict | None]) -> tuple:
-        x, bold = st[label], label in (B_OURS, R_OURS, R_OURS_1, D_OURS)
-        vs = [as_ratio(x["median"] / p["median"], bold) if p else "" for p in peers]
-        spread = f"{x['min']:.2f}–{x['max']:.2f}"
-        return (kind, label, x["n"], f"{x['median']:.2f}", spread, f"{x['durable']:.2f}", *vs) + (
-            f"{mib(x['bytes'])}, {x['files']:,} files",
-        )
+        return table_row(st, kind, label, peers)
 
     def cells(v: float | None, of: dict) -> tuple[str, str]:
         return ("", "") if v is None else (f"{v:.2f}", f"{v / of['median']:.0%}")

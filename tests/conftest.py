@@ -133,6 +133,12 @@ def age_key(workdir: Path) -> tuple[Path, str]:
     return path, recipient
 
 
+def encryption_yaml(recipient: str, identity_file: object) -> str:
+    """The config's ``encryption`` line, to append: age to ``recipient``, and the identity
+    file restores and rehearsals decrypt with."""
+    return f"encryption: {{recipients: [{recipient}], identity_file: {identity_file}}}\n"
+
+
 def write_config(
     workdir: Path,
     dsn: str,

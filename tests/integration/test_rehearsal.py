@@ -33,7 +33,7 @@ from pg_backup_assets.defs.check_names import (
     RPO_WITHIN_TARGET,
     RTO_WITHIN_TARGET,
 )
-from tests.conftest import make_bucket
+from tests.conftest import encryption_yaml, make_bucket
 from tests.integration.test_cli import BIN, pgbackup
 from tests.integration.test_wal_archive import sql
 
@@ -45,14 +45,19 @@ def quiet(_: str) -> None:
     pass
 
 
+def load_orders(cluster) -> None:  # noqa: ANN001
+    """The table every test here restores: orders, 20,000 rows."""
+    sql(cluster, "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric, note text)")
+    sql(cluster, "INSERT INTO orders SELECT g, g % 97, md5(g::text) FROM generate_series(1, 2e4) g")
+
+
 def backed_up(cluster, config, workdir, extra: str = ""):  # noqa: ANN001, ANN201
     """A day of backups copied to an offsite folder (for the engine, a second filesystem)."""
     offsite_dir = workdir / "offsite"
     offsite_dir.mkdir()
     hand_over(offsite_dir)  # the restored server (the postgres user) reads WAL there
     config.write_text(config.read_text() + f"offsite: {{path: {offsite_dir}}}\n" + extra)
-    sql(cluster, "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric, note text)")
-    sql(cluster, "INSERT INTO orders SELECT g, g % 97, md5(g::text) FROM generate_series(1, 2e4) g")
+    load_orders(cluster)
     sql(cluster, "CREATE INDEX ON orders (amount)")
     cfg = load_config(config)
     repo, offsite = Repository.from_config(cfg), offsite_repository(cfg)
@@ -199,8 +204,8 @@ def test_a_tampered_offsite_object_fails_naming_it(archiving, workdir):
 
 def test_a_missing_identity_fails_naming_the_key(archiving, workdir, age_key):
     cluster, config = archiving
-    key_file, recipient = age_key
-    extra = f"encryption: {{recipients: [{recipient}], identity_file: {workdir / 'gone.key'}}}\n"
+    _, recipient = age_key
+    extra = encryption_yaml(recipient, workdir / "gone.key")  # a key file that is not there
     cfg, _, _ = backed_up(cluster, config, workdir, extra)
     report = rehearse(cfg, "main", WEEK, quiet)
     assert not report.passed
@@ -370,11 +375,9 @@ def test_the_runbooks_s3_commands_restore_the_cluster(archiving, workdir, age_ke
     config.write_text(
         config.read_text()
         + f"offsite: {{s3: {{bucket: {bucket}, prefix: pgb/, endpoint_url: '{s3_endpoint}', "
-        "region: us-east-1}}\n"
-        + f"encryption: {{recipients: [{recipient}], identity_file: {key_file}}}\n"
+        "region: us-east-1}}\n" + encryption_yaml(recipient, key_file)
     )
-    sql(cluster, "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric, note text)")
-    sql(cluster, "INSERT INTO orders SELECT g, g % 97, md5(g::text) FROM generate_series(1, 2e4) g")
+    load_orders(cluster)
     cfg = load_config(config)
     repo, offsite = Repository.from_config(cfg), offsite_repository(cfg)
     backup = take_base_backup(repo, cfg.cluster("main"), TODAY.isoformat(), quiet)
@@ -410,8 +413,7 @@ def test_the_runbooks_stock_tool_commands_restore_the_cluster(archiving, workdir
     """What the runbook tells an operator without pgbackup (age, zstd, tar, sh) restores."""
     cluster, config = archiving
     key_file, recipient = age_key
-    extra = f"encryption: {{recipients: [{recipient}], identity_file: {key_file}}}\n"
-    cfg, repo, _ = backed_up(cluster, config, workdir, extra)
+    cfg, repo, _ = backed_up(cluster, config, workdir, encryption_yaml(recipient, key_file))
     report = rehearse(cfg, "main", WEEK, quiet)
     assert report.passed, report.problems
     runbook = pgbackup("runbook", config=config).stdout

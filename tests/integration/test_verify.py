@@ -11,6 +11,7 @@ from pg_backup_assets.core.offsite.copy import copy_set
 from pg_backup_assets.core.offsite.store import offsite_repository
 from pg_backup_assets.core.storage.repository import Repository
 from pg_backup_assets.core.wal.archive import list_archive
+from tests.conftest import encryption_yaml
 from tests.integration.test_cli import pgbackup
 
 
@@ -24,7 +25,7 @@ def test_verify_reads_everything_and_names_what_is_damaged(archiving, workdir, a
     config.write_text(
         config.read_text()
         + f"offsite: {{path: {workdir / 'offsite'}}}\n"
-        + f"encryption: {{recipients: [{recipient}], identity_file: {key_file}}}\n"
+        + encryption_yaml(recipient, key_file)
     )
     cfg = load_config(config)
     repo, offsite = Repository.from_config(cfg), offsite_repository(cfg)

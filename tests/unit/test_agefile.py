@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pg_backup_assets.core.storage.agefile import AgeError, AgeReader, secret_keys
 from pg_backup_assets.core.storage.codec import load_identities
 
-# Around a chunk (64 KiB) and a block (16 chunks, read and decrypted at once).
+# Around a chunk (64 KiB), and files of whole MiB (a restore reads 1 MiB at a time).
 SIZES = [0, 1, 65535, 65536, 65537, 131072, 200_000, 1 << 20, (1 << 20) + 1, 2_500_000]
 
 
